@@ -1,0 +1,317 @@
+"""The LangGraph agent: prepare, the agent <-> tools loop, five parallel checks, gate,
+revise, finalize.
+
+```
+prepare -> agent <-> tools
+             └─ draft -> check_* (five, in parallel) -> gate -> finalize
+                                                         └─ revise -> agent
+```
+
+The graph's shape is the same for every persona; what differs per run (the
+persona, its model, its tools, the settings) travels in :class:`RunContext`,
+LangGraph's run-scoped context, so one compiled graph serves every thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from agent import knowledge
+from agent.checks import CHECKS, CheckInput, revision_feedback
+from agent.context import Settings
+from agent.models import ChatModel, ModelRequest, ToolSchema, build_model
+from agent.models.offline import REVISION_SENDER
+from agent.persona import Persona, get_persona
+from agent.results import CheckResult
+from agent.state import RESET, AgentState
+from agent.toolbox import DelegateRunner, execute, tool_schemas
+from prompts import render
+
+CHECK_NODES = {name: f"check_{name}" for name in CHECKS}
+
+
+@dataclass
+class RunContext:
+    """Everything a run needs besides its state; not checkpointed."""
+
+    settings: Settings
+    persona: Persona
+    model: ChatModel
+    system_prompt: str
+    tools: list[ToolSchema]
+    delegate: DelegateRunner
+    depth: int = 0
+
+    @property
+    def allowed_tools(self) -> set[str]:
+        return {t.name for t in self.tools}
+
+
+@cache
+def system_prompt(persona_name: str) -> str:
+    """The persona's rendered system prompt; rendered once per process and persona."""
+    return render("system.md.j2", persona=get_persona(persona_name))
+
+
+def make_context(settings: Settings, persona_name: str, *, depth: int = 0,
+                 model: ChatModel | None = None) -> RunContext:
+    """Resolve persona, model, tools and the delegation runner for one run."""
+    from agent.delegation import delegate_runner
+
+    persona = get_persona(persona_name)
+    return RunContext(
+        settings=settings,
+        persona=persona,
+        model=model or build_model(settings.model, persona),
+        system_prompt=system_prompt(persona_name),
+        tools=tool_schemas(persona, allow_code_tools=settings.allow_code_tools,
+                           can_delegate=depth < settings.max_delegation_depth),
+        delegate=delegate_runner(settings, depth, [d.name for d in persona.delegation]),
+        depth=depth,
+    )
+
+
+# --------------------------------------------------------------------------- node helpers
+
+Node = Callable[[AgentState, Runtime[RunContext]], Awaitable[dict[str, Any]]]
+
+
+def timed(name: str, node: Node) -> Node:
+    """Wrap a node: emit node_start/node_end events and record its time in ``timings``."""
+
+    async def wrapper(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        emit = runtime.stream_writer
+        depth = runtime.context.depth
+        emit({"type": "node_start", "data": {"node": name, "depth": depth}})
+        started = time.perf_counter()
+        update = await node(state, runtime)
+        elapsed = round((time.perf_counter() - started) * 1000, 3)
+        timings = dict(update.get("timings", {}))
+        timings[name] = timings.get(name, 0) + elapsed
+        update["timings"] = timings
+        emit({"type": "node_end", "data": {"node": name, "depth": depth, "ms": elapsed}})
+        return update
+
+    wrapper.__name__ = name
+    return wrapper
+
+
+def last_user_text(messages: list[BaseMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage) and message.name != REVISION_SENDER:
+            return str(message.content)
+    return ""
+
+
+def draft_of(state: AgentState) -> str:
+    """The latest assistant text: the draft under check."""
+    for message in reversed(state.get("messages", [])):
+        if isinstance(message, AIMessage) and not message.tool_calls:
+            return message.text if hasattr(message, "text") else str(message.content)
+    return ""
+
+
+def _usage(message: AIMessage) -> dict[str, float]:
+    meta = message.usage_metadata or {}
+    details = meta.get("input_token_details") or {}
+    return {
+        "llm_calls": 0 if meta.get("total_tokens", 0) == 0 and not meta.get(
+            "input_tokens") else 1,
+        "input_tokens": meta.get("input_tokens", 0),
+        "output_tokens": meta.get("output_tokens", 0),
+        "cache_read_tokens": details.get("cache_read", 0) or 0,
+        "cache_write_tokens": details.get("cache_creation", 0) or 0,
+    }
+
+
+def _knowledge_context(passages: list[dict[str, Any]]) -> str:
+    if not passages:
+        return ""
+    parts = [f"## {p['heading']} ({p['source']})\n{p['text']}" for p in passages]
+    return "Relevant playbook passages (cite the source when you use them):\n\n" + "\n\n".join(
+        parts)
+
+
+# --------------------------------------------------------------------------- nodes
+
+async def prepare(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Start a turn: reset per-turn fields and ground it in the playbooks."""
+    messages = state.get("messages", [])
+    question = last_user_text(messages)
+    passages = await asyncio.to_thread(knowledge.search, question, 3) if question else []
+    return {
+        "turn_start": max(len(messages) - 1, 0),
+        "persona": runtime.context.persona.name,
+        "depth": runtime.context.depth,
+        "measurements": RESET, "findings": RESET, "tool_calls": RESET,
+        "delegations": RESET, "checks": RESET, "usage": RESET, "timings": RESET,
+        "knowledge": passages, "steps": 0, "revisions": 0, "answer": "",
+    }
+
+
+async def agent(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """One model call. On the last allowed step the model gets no tools and must answer."""
+    ctx = runtime.context
+    steps = state.get("steps", 0)
+    emit = runtime.stream_writer
+    out_of_steps = steps >= ctx.settings.max_steps
+    request = ModelRequest(
+        system=ctx.system_prompt,
+        messages=state.get("messages", []),
+        tools=() if out_of_steps else ctx.tools,
+        context=_knowledge_context(state.get("knowledge", [])),
+        on_text=lambda text: emit({"type": "text_delta",
+                                   "data": {"text": text, "depth": ctx.depth}}),
+        metadata={"knowledge": state.get("knowledge", []), "persona": ctx.persona.name},
+    )
+    message = await ctx.model.generate(request)
+    if out_of_steps and message.tool_calls:
+        # A model that still asks for tools past the budget gets its text kept, calls dropped.
+        message = AIMessage(content=message.content, usage_metadata=message.usage_metadata)
+    return {"messages": [message], "steps": steps + 1, "usage": _usage(message)}
+
+
+async def tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Run the requested tool calls concurrently and record what they measured."""
+    ctx = runtime.context
+    emit = runtime.stream_writer
+    calls = state["messages"][-1].tool_calls  # type: ignore[union-attr]
+
+    async def run_one(call: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        emit({"type": "tool_call", "data": {"id": call["id"], "name": call["name"],
+                                            "args": call["args"], "depth": ctx.depth}})
+
+        def progress(fraction: float, text: str) -> None:
+            emit({"type": "tool_progress", "data": {"id": call["id"], "fraction": fraction,
+                                                    "text": text}})
+
+        outcome = await execute(call["name"], dict(call["args"]), allowed=ctx.allowed_tools,
+                                delegate=ctx.delegate, search=knowledge.search,
+                                progress=progress)
+        emit({"type": "tool_result", "data": {**outcome.record, "id": call["id"],
+                                              "depth": ctx.depth}})
+        return call, outcome
+
+    results = await asyncio.gather(*(run_one(dict(c)) for c in calls))
+    return {
+        "messages": [
+            ToolMessage(content=o.content, tool_call_id=str(c["id"]), name=c["name"],
+                        status="success" if o.ok else "error")
+            for c, o in results
+        ],
+        "tool_calls": [o.record for _, o in results],
+        "measurements": [m for _, o in results for m in o.measurements],
+        "findings": [f for _, o in results for f in o.findings],
+        "delegations": [o.delegation for _, o in results if o.delegation],
+    }
+
+
+def check_input(state: AgentState, persona: Persona) -> CheckInput:
+    """What the checks see: the draft, the turn's evidence, and the texts figures may cite."""
+    sources = [
+        str(m.content) for m in state.get("messages", [])
+        if isinstance(m, ToolMessage)
+        or (isinstance(m, HumanMessage) and m.name != REVISION_SENDER)
+    ]
+    sources += [p["text"] for p in state.get("knowledge", [])]
+    return CheckInput(
+        draft=draft_of(state),
+        measurements=state.get("measurements", []),
+        findings=state.get("findings", []),
+        tool_calls=state.get("tool_calls", []),
+        sources=sources,
+        target_values=[(t.value, t.unit) for t in persona.targets],
+    )
+
+
+def make_check_node(name: str) -> Node:
+    validator = CHECKS[name]
+
+    async def check(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        result: CheckResult = validator(check_input(state, runtime.context.persona))
+        runtime.stream_writer({"type": "check", "data": {**result.model_dump(),
+                                                         "depth": runtime.context.depth}})
+        return {"checks": {name: result.model_dump()}}
+
+    return check
+
+
+async def gate(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Joins the five checks; the routing decision is :func:`route_gate`."""
+    return {}
+
+
+async def revise(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Send the draft back with each failed check's feedback."""
+    results = [CheckResult(**c) for c in state.get("checks", {}).values()]
+    feedback = revision_feedback(results)
+    runtime.stream_writer({"type": "revision", "data": {
+        "revision": state.get("revisions", 0) + 1,
+        "failed": [r.name for r in results if r.status == "fail"],
+        "depth": runtime.context.depth}})
+    return {
+        "messages": [HumanMessage(content=feedback, name=REVISION_SENDER)],
+        "revisions": state.get("revisions", 0) + 1,
+    }
+
+
+async def finalize(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Fix the answer; a check still failing after the revision budget is said openly."""
+    answer = draft_of(state)
+    failed = [c for c in state.get("checks", {}).values() if c["status"] == "fail"]
+    if failed:
+        notes = "\n".join(f"> - **{c['name']}**: {c['feedback']}" for c in failed)
+        answer += (
+            "\n\n> **Unresolved pre-response checks** (after "
+            f"{state.get('revisions', 0)} revision(s)):\n{notes}\n"
+        )
+    return {"answer": answer}
+
+
+# --------------------------------------------------------------------------- routing
+
+def route_agent(state: AgentState) -> str | list[str]:
+    last = state["messages"][-1]
+    if isinstance(last, AIMessage) and last.tool_calls:
+        return "tools"
+    return list(CHECK_NODES.values())
+
+
+def route_gate(state: AgentState, runtime: Runtime[RunContext]) -> str:
+    failed = any(c["status"] == "fail" for c in state.get("checks", {}).values())
+    if failed and state.get("revisions", 0) < runtime.context.settings.max_revisions:
+        return "revise"
+    return "finalize"
+
+
+def build_graph(checkpointer: Any = None) -> Any:
+    """Compile the agent graph. ``checkpointer=False`` runs it without persistence
+    (sub-agents); ``None`` with no parent means no persistence either."""
+    graph = StateGraph(AgentState, context_schema=RunContext)
+    graph.add_node("prepare", timed("prepare", prepare))
+    graph.add_node("agent", timed("agent", agent))
+    graph.add_node("tools", timed("tools", tools))
+    for name, node_name in CHECK_NODES.items():
+        graph.add_node(node_name, timed(node_name, make_check_node(name)))
+    graph.add_node("gate", timed("gate", gate))
+    graph.add_node("revise", timed("revise", revise))
+    graph.add_node("finalize", timed("finalize", finalize))
+
+    graph.add_edge(START, "prepare")
+    graph.add_edge("prepare", "agent")
+    graph.add_conditional_edges("agent", route_agent, ["tools", *CHECK_NODES.values()])
+    graph.add_edge("tools", "agent")
+    graph.add_edge(list(CHECK_NODES.values()), "gate")
+    graph.add_conditional_edges("gate", route_gate, ["revise", "finalize"])
+    graph.add_edge("revise", "agent")
+    graph.add_edge("finalize", END)
+    return graph.compile(checkpointer=checkpointer, name="perfagent")

@@ -1,0 +1,447 @@
+"""The offline engine: a deterministic planner and writer that needs no LLM.
+
+It reads the user's request, extracts what can be measured (URLs, Python
+scripts, SQL and databases), asks for the real tools through the same graph
+an LLM would use, follows the evidence one step further (the SQL inside a
+profiled hotspot goes to ``explain_query``), and writes the answer from a
+Jinja2 template filled only with the numbers the tools returned. When it
+cannot measure, it writes a concrete measurement plan instead of figures.
+It says plainly that it is the offline engine.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+
+from agent.models.base import ModelRequest
+from agent.persona import Persona
+from prompts import format_number, render
+
+#: The name given to the message that sends a draft back after failed checks.
+REVISION_SENDER = "perfagent_checks"
+
+_URL = re.compile(r"https?://[^\s'\"<>`)\]]+")
+_PY_FILE = re.compile(r"(?<![\w/.-])((?:[\w.~-]+/)*[\w.-]+\.py)\b")
+_DB_FILE = re.compile(r"(?<![\w/.-])((?:[\w.~-]+/)*[\w.-]+\.(?:db|sqlite3?|sqlite))\b")
+_PG_DSN = re.compile(r"postgres(?:ql)?://[^\s'\"`]+")
+_SQL = re.compile(r"\b((?:SELECT|WITH)\b[^;`]*?)(?:;|`|$)", re.I | re.S | re.M)
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:rps|req/s|requests? per second|requests?/s)", re.I)
+_DURATION = re.compile(r"\bfor\s+(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min|minutes?)\b", re.I)
+
+DEFAULT_RATE = 10.0
+DEFAULT_DURATION_S = 6.0
+MAX_EXPLAINS = 3
+
+
+@dataclass
+class ToolOutput:
+    name: str
+    args: dict[str, Any]
+    data: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.data.get("ok", False))
+
+
+@dataclass
+class Turn:
+    """The current turn as the engine sees it."""
+
+    request: str
+    outputs: list[ToolOutput] = field(default_factory=list)
+    feedback: str = ""
+
+    def already(self, name: str, args: dict[str, Any]) -> bool:
+        return any(o.name == name and o.args == args for o in self.outputs)
+
+
+def read_turn(messages: Sequence[BaseMessage]) -> Turn:
+    """The last user request, this turn's tool outputs and any revision feedback."""
+    start = 0
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, HumanMessage) and message.name != REVISION_SENDER:
+            start = index
+            break
+    turn = Turn(request=str(messages[start].content) if messages else "")
+    calls: dict[str, tuple[str, dict[str, Any]]] = {}
+    for message in messages[start + 1:]:
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                calls[str(call["id"])] = (call["name"], dict(call["args"]))
+        elif isinstance(message, ToolMessage):
+            name, args = calls.get(message.tool_call_id, (message.name or "", {}))
+            try:
+                data = json.loads(str(message.content))
+            except json.JSONDecodeError:
+                data = {"ok": False, "error": {"message": str(message.content)}}
+            turn.outputs.append(ToolOutput(name, args, data))
+        elif isinstance(message, HumanMessage) and message.name == REVISION_SENDER:
+            turn.feedback = str(message.content)
+    return turn
+
+
+# --------------------------------------------------------------------------- planning
+
+def _target_budget(persona: Persona, measurement: str) -> str | None:
+    target = persona.target_for(measurement)
+    return target.budget if target else None
+
+
+def _load_test_args(url: str, request: str, persona: Persona) -> dict[str, Any]:
+    rate = _RATE.search(request)
+    duration = _DURATION.search(request)
+    seconds = DEFAULT_DURATION_S
+    if duration:
+        seconds = float(duration.group(1)) * (60 if duration.group(2).lower().startswith("m") else 1)
+    args: dict[str, Any] = {
+        "url": url.rstrip(".,;"),
+        "rate": float(rate.group(1)) if rate else DEFAULT_RATE,
+        "duration": seconds,
+    }
+    budget = _target_budget(persona, "p95_latency")
+    if budget:
+        args["thresholds"] = [f"p(95){budget}"]
+    return args
+
+
+def _databases(text: str) -> list[str]:
+    return [*_PG_DSN.findall(text), *_DB_FILE.findall(text)]
+
+
+def _delegate_to(persona: Persona, request: str) -> str | None:
+    """The sub-agent whose "when" text the request matches, per the delegation table."""
+    lowered = request.lower()
+    for target in persona.delegation:
+        cues = DELEGATION_CUES.get(target.name, ())
+        if any(re.search(cue, lowered) for cue in cues):
+            return target.name
+    return None
+
+
+#: Words that put a request in a sub-agent's "when" column. The table in the
+#: persona file decides who may be delegated to; these cues only recognise it.
+DELEGATION_CUES: dict[str, tuple[str, ...]] = {
+    "security-auditor": (r"\bsecurity\b", r"vulnerab", r"\bcve-?\d*", r"\bowasp\b",
+                         r"\binjection\b", r"\bxss\b", r"pen(etration)?[- ]test"),
+    "database-optimizer": (r"\bschema\b", r"complex quer", r"data model", r"normali[sz]",
+                           r"partition(ing)? (the )?table"),
+    "systems-architect": (r"\binfrastructure\b", r"provision", r"\biac\b", r"terraform",
+                          r"kubernetes|\bk8s\b|helm chart", r"cloudformation|pulumi"),
+    "frontend-developer": (r"\bui\b", r"\bux\b", r"design decision", r"user interface"),
+    "observability-engineer": (r"observability platform", r"enterprise observability",
+                               r"(datadog|new relic|splunk) (rollout|setup|platform)"),
+}
+
+
+def _sql_in_function(path: Path, line: int) -> list[str]:
+    """SQL string literals of the function that encloses ``path:line``."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return []
+    enclosing = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (
+            node.lineno <= line <= (node.end_lineno or node.lineno)
+        ) and (enclosing is None or node.lineno > enclosing.lineno):
+            enclosing = node
+    scope = enclosing or tree
+    found: list[str] = []
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = " ".join(node.value.split())
+            if re.match(r"(SELECT|WITH)\b", text, re.I) and text not in found:
+                found.append(text)
+    return found
+
+
+def _hot_sql(outputs: list[ToolOutput]) -> list[str]:
+    """SQL of the code the profiler pointed at: repeated-query sites first, then hotspots."""
+    statements: list[str] = []
+    for output in outputs:
+        if output.name != "profile_python" or not output.ok:
+            continue
+        script_dir = Path(output.data.get("script_path") or output.args.get("script", ".")).parent
+        locations = [f.get("location") for f in output.data.get("findings", [])
+                     if f.get("kind") in ("repeated_query", "n_plus_one", "cpu_hotspot")]
+        for location in filter(None, locations):
+            file_part, _, line = str(location).rpartition(":")
+            if not line.isdigit():
+                continue
+            path = Path(file_part)
+            if not path.is_absolute():
+                path = script_dir / path
+            for sql in _sql_in_function(path, int(line)):
+                if sql not in statements:
+                    statements.append(sql)
+    return statements
+
+
+def plan_tool_calls(persona: Persona, turn: Turn, available: set[str]) -> list[dict[str, Any]]:
+    """The next tool calls, or [] when it is time to write. Never repeats a call."""
+    request = turn.request
+    wanted: list[tuple[str, dict[str, Any]]] = []
+    if not turn.outputs:
+        target = _delegate_to(persona, request) if "delegate" in available else None
+        if target:
+            wanted.append(("delegate", {"to": target, "task": request}))
+        for url in dict.fromkeys(_URL.findall(request)):
+            wanted.append(("load_test", _load_test_args(url, request, persona)))
+        for script in dict.fromkeys(_PY_FILE.findall(_URL.sub(" ", request))):
+            wanted.append(("profile_python", {"script": script}))
+        databases = _databases(request)
+        for sql in dict.fromkeys(" ".join(s.split()) for s in _SQL.findall(request)):
+            for database in databases[:1]:
+                wanted.append(("explain_query", {"database": database, "sql": sql}))
+    else:
+        databases = _databases(request)
+        if databases:
+            for sql in _hot_sql(turn.outputs)[:MAX_EXPLAINS]:
+                wanted.append(("explain_query", {"database": databases[0], "sql": sql}))
+    calls = []
+    for index, (name, args) in enumerate(wanted):
+        if name in available and not turn.already(name, args):
+            calls.append({"name": name, "args": args, "id": f"offline_{len(turn.outputs)}_{index}",
+                          "type": "tool_call"})
+    return calls
+
+
+# --------------------------------------------------------------------------- writing
+
+@dataclass
+class Recommendation:
+    title: str
+    why: str
+    impact: str
+    effort: str
+    roi: str
+    code_lang: str = ""
+    code: str = ""
+
+
+def _measurement(outputs: list[ToolOutput], name: str) -> dict[str, Any] | None:
+    for output in outputs:
+        for m in output.data.get("measurements", []) if output.ok else []:
+            if m.get("name") == name:
+                return m
+    return None
+
+
+def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recommendation]:
+    recs: list[Recommendation] = []
+    seen_kinds: set[str] = set()
+    for output in outputs:
+        if not output.ok:
+            continue
+        if output.name == "explain_query":
+            for suggestion in output.data.get("index_suggestions", []):
+                before, after = suggestion.get("time_before_ms"), suggestion.get("time_after_ms")
+                speedup = suggestion.get("speedup")
+                impact = "the planner stops scanning the whole table"
+                if before is not None and after is not None:
+                    impact = (
+                        f"query time {format_number(before, 2)} ms → {format_number(after, 2)} ms "
+                        f"on a temporary copy with the index (measured, {format_number(speedup or 0, 1)}x)"
+                    )
+                recs.append(Recommendation(
+                    title="Add the missing index",
+                    why=f"`{output.args.get('sql', '')[:120]}` scans the table instead of seeking.",
+                    impact=impact,
+                    effort="low: one migration",
+                    roi="high: a single migration for a measured speedup; the cost is "
+                        "slightly slower writes and some disk for the index",
+                    code_lang="sql",
+                    code=str(suggestion.get("sql", "")).rstrip(";") + ";",
+                ))
+        for finding in output.data.get("findings", []):
+            kind = finding.get("kind")
+            if kind in ("repeated_query", "n_plus_one") and "n_plus_one" not in seen_kinds:
+                seen_kinds.add("n_plus_one")
+                recs.append(Recommendation(
+                    title="Collapse the N+1 query loop into one batched query",
+                    why=f"{finding.get('summary')} (at `{finding.get('location')}`).",
+                    impact="estimated: the per-row round trips collapse to one query per request, "
+                    "so the time the profile attributes to that call site is the upper bound "
+                    "of the saving",
+                    effort="medium: one function rewritten and its tests",
+                    roi="high: removes work that grows with the result size",
+                    code_lang="python",
+                    code=BATCHED_LOOKUP,
+                ))
+            elif kind == "cpu_hotspot" and "cpu_hotspot" not in seen_kinds:
+                seen_kinds.add("cpu_hotspot")
+                recs.append(Recommendation(
+                    title=f"Optimise the hotspot at `{finding.get('location')}`",
+                    why=str(finding.get("summary")),
+                    impact="estimated: at most the hotspot's share of run time reported by the "
+                    "profile above can be saved there",
+                    effort="medium: depends on the algorithm",
+                    roi="worth it when the share is large; profile again after the change",
+                ))
+    p95 = _measurement(outputs, "p95_latency")
+    budget = _target_budget(persona, "p95_latency")
+    if p95 and budget and p95.get("passed") is False:
+        limit = float(budget.lstrip("<>="))
+        needed = 100 * (1 - limit / float(p95["value"]))
+        recs.append(Recommendation(
+            title="Bring p95 latency inside the budget",
+            why=f"p95 is {format_number(p95['value'])} ms against a target of {budget} ms.",
+            impact=f"estimated: p95 must drop by about {needed:.0f} % to meet the {budget} ms target; "
+                   "re-run the same load test after each fix above to confirm",
+            effort="follows from the fixes above",
+            roi="each fix above is ranked by effort against the measured gain",
+        ))
+    if not any(r.code_lang == "python" for r in recs) and recs:
+        recs.append(Recommendation(
+            title="Cache the read path with explicit invalidation",
+            why="Repeated identical reads should not reach the database.",
+            impact="estimated: requests served from cache skip the query entirely; "
+            "aim for a cache hit rate above the 80 % target",
+            effort="medium: a cache-aside wrapper and invalidation on writes",
+            roi="good when reads dominate writes",
+            code_lang="python",
+            code=CACHE_ASIDE,
+        ))
+    return recs
+
+
+BATCHED_LOOKUP = '''\
+import logging
+import sqlite3
+
+log = logging.getLogger(__name__)
+
+
+def customers_by_id(conn: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
+    """One query for all customers of a page instead of one query per order."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    try:
+        rows = conn.execute(
+            f"SELECT id, name FROM customers WHERE id IN ({marks})", ids
+        ).fetchall()
+    except sqlite3.Error:
+        log.exception("customer lookup failed for %d ids", len(ids))
+        raise
+    return dict(rows)
+'''
+
+CACHE_ASIDE = '''\
+import json
+import logging
+
+import redis
+
+log = logging.getLogger(__name__)
+cache = redis.Redis(socket_timeout=0.05)
+
+
+def cached_orders(customer_id: int, load, ttl: int = 300):
+    key = f"orders:{customer_id}"
+    try:
+        hit = cache.get(key)
+        if hit is not None:
+            return json.loads(hit)
+    except redis.RedisError:
+        log.warning("cache unavailable, reading through")  # fall back to the database
+    value = load(customer_id)
+    try:
+        cache.setex(key, ttl, json.dumps(value))
+    except redis.RedisError:
+        log.warning("cache write skipped")
+    return value
+
+
+def invalidate_orders(customer_id: int) -> None:
+    """Call on every write to the customer's orders (event-based invalidation)."""
+    try:
+        cache.delete(f"orders:{customer_id}")
+    except redis.RedisError:
+        log.warning("invalidation failed; the TTL bounds staleness")
+'''
+
+
+def _plan_steps(turn: Turn, persona: Persona) -> list[str]:
+    """A concrete measurement plan when nothing could be measured."""
+    p95 = persona.target_for("p95_latency")
+    lcp = persona.target_for("lcp")
+    steps = [
+        "Load test the slow endpoint with an open-model arrival rate and record p50/p95/p99 "
+        "latency and throughput: `perfagent measure load_test --args "
+        "'{\"url\": \"http://127.0.0.1:8000/…\", \"rate\": 20, \"duration\": \"30s\"}'`"
+        + (f" against the p95 target {p95.display}." if p95 else "."),
+        "Profile the handler under that load (`perfagent measure profile_python --args "
+        "'{\"script\": \"path/to/workload.py\"}'`) to find the hotspots by self and total time.",
+        "Run EXPLAIN on the queries the hotspot issues (`perfagent measure explain_query`) "
+        "to see full scans and missing indexes.",
+    ]
+    if lcp and re.search(r"page|frontend|browser|lcp|web vital", turn.request, re.I):
+        steps.append(f"Measure Core Web Vitals in a headless browser against LCP {lcp.display}.")
+    return steps
+
+
+def write_answer(persona: Persona, turn: Turn, knowledge: list[dict[str, Any]]) -> str:
+    """The answer, from the template, with figures only from the tool outputs."""
+    outputs = turn.outputs
+    measured = [o for o in outputs if o.ok and o.name not in ("delegate", "knowledge_search")]
+    measurements = [m for o in measured for m in o.data.get("measurements", [])]
+    findings = [f for o in measured for f in o.data.get("findings", [])]
+    order = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
+    findings.sort(key=lambda f: order.get(str(f.get("severity")), 5))
+    failures = [o for o in outputs if not o.ok]
+    delegations = [o for o in outputs if o.name == "delegate" and o.ok]
+    p95 = persona.target_for("p95_latency")
+    return render(
+        "offline_answer.md.j2",
+        persona=persona,
+        request=turn.request,
+        summaries=[(o.name, o.data.get("summary", "")) for o in measured if o.data.get("summary")],
+        measurements=measurements,
+        findings=findings,
+        failures=failures,
+        delegations=delegations,
+        recommendations=_recommendations(outputs, persona),
+        plan=[] if measurements else _plan_steps(turn, persona),
+        knowledge=knowledge,
+        targets=persona.targets,
+        p95_budget=p95.budget if p95 else "<200",
+        load_test_url=next((o.args.get("url") for o in measured if o.name == "load_test"),
+                           "http://127.0.0.1:8000/"),
+        revised=bool(turn.feedback),
+    )
+
+
+class OfflineEngine:
+    """Deterministic planner/writer behind the ``ChatModel`` interface."""
+
+    spec = "offline"
+
+    def __init__(self, persona: Persona) -> None:
+        self.persona = persona
+
+    async def generate(self, request: ModelRequest) -> AIMessage:
+        turn = read_turn(request.messages)
+        available = {tool.name for tool in request.tools}
+        calls = plan_tool_calls(self.persona, turn, available)
+        if calls:
+            return AIMessage(content="", tool_calls=calls, usage_metadata=_NO_USAGE)
+        knowledge = list(request.metadata.get("knowledge", []))
+        text = write_answer(self.persona, turn, knowledge)
+        if request.on_text:
+            for paragraph in re.split(r"(?<=\n\n)", text):
+                request.on_text(paragraph)
+        return AIMessage(content=text, usage_metadata=_NO_USAGE)
+
+
+_NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}

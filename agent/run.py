@@ -1,0 +1,204 @@
+"""The core run API: every surface (CLI, HTTP, MCP, ACP, evals) runs a turn through here.
+
+:func:`stream_turn` yields :class:`RunEvent` objects as the turn happens and
+ends with a ``final`` event carrying the :class:`TurnResult`; :func:`run_turn`
+is the same without the stream. Threads persist in a SQLite checkpointer
+under the state directory, so a turn that fails leaves the thread's earlier
+turns intact and the thread resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from agent.context import Settings
+from agent.models import ChatModel, ModelError, UnknownModelError
+from agent.persona import CHECK_IDS, PersonaError
+from agent.results import (
+    CheckResult,
+    Delegation,
+    RunEvent,
+    Timings,
+    ToolCallRecord,
+    TurnResult,
+    Usage,
+)
+
+
+class TurnError(Exception):
+    """A turn could not complete. ``code`` is stable; ``hint`` says what to do next."""
+
+    def __init__(self, code: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+@asynccontextmanager
+async def open_checkpointer(settings: Settings) -> AsyncIterator[Any]:
+    """The SQLite checkpointer under the state directory, opened for the caller's scope."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(settings.checkpoint_path)) as saver:
+        yield saver
+
+
+def new_thread_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _turn_result(state: dict[str, Any], *, thread_id: str, model: str, persona: str,
+                 total_ms: float) -> TurnResult:
+    checks = state.get("checks", {})
+    usage = state.get("usage", {})
+    timings = {k: round(v, 3) for k, v in state.get("timings", {}).items()}
+    return TurnResult(
+        thread_id=thread_id,
+        model=model,
+        persona=persona,
+        answer=state.get("answer", ""),
+        checks=[CheckResult(**checks[name]) for name in CHECK_IDS if name in checks],
+        tool_calls=[ToolCallRecord(**r) for r in state.get("tool_calls", [])],
+        delegations=[Delegation(**d) for d in state.get("delegations", [])],
+        measurements=state.get("measurements", []),
+        findings=state.get("findings", []),
+        revisions=state.get("revisions", 0),
+        usage=Usage(
+            llm_calls=int(usage.get("llm_calls", 0)),
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+            cache_read_tokens=int(usage.get("cache_read_tokens", 0)),
+        ),
+        timings_ms=Timings(total=round(total_ms, 3), nodes=timings),
+    )
+
+
+def _error_event(error: TurnError) -> RunEvent:
+    return RunEvent(type="error", data=error.to_dict())
+
+
+def _as_turn_error(exc: BaseException) -> TurnError:
+    if isinstance(exc, TurnError):
+        return exc
+    if isinstance(exc, ModelError):
+        return TurnError("model_error", str(exc), exc.hint or (
+            "try again later; the thread and its earlier turns are intact"
+            if exc.retryable else "check the model settings"))
+    if isinstance(exc, UnknownModelError):
+        return TurnError("unknown_model", str(exc), "pass --model offline or a valid spec")
+    if isinstance(exc, PersonaError):
+        return TurnError("persona_error", str(exc), "fix the persona file and retry")
+    return TurnError("internal_error", f"{type(exc).__name__}: {exc}",
+                     "this is a perfagent bug; the thread's earlier turns are intact")
+
+
+async def stream_turn(
+    message: str,
+    *,
+    thread_id: str | None = None,
+    settings: Settings | None = None,
+    checkpointer: Any = None,
+    model: ChatModel | None = None,
+) -> AsyncIterator[RunEvent]:
+    """Run one turn and yield its events; the last is ``final`` (or ``error``).
+
+    ``checkpointer`` lets a long-lived server share one open saver; by default
+    the SQLite file under the state directory is opened for this turn.
+    ``model`` overrides the provider built from ``settings.model`` (tests,
+    benchmarks and evals inject scripted models this way).
+    """
+    from agent.graph import build_graph, make_context
+
+    settings = settings or Settings()
+    thread_id = thread_id or new_thread_id()
+    started = time.perf_counter()
+    try:
+        context = make_context(settings, settings.persona, model=model)
+    except Exception as exc:
+        yield _error_event(_as_turn_error(exc))
+        return
+    yield RunEvent(type="run_start", data={"thread_id": thread_id, "model": context.model.spec,
+                                           "persona": context.persona.name})
+    config = {"configurable": {"thread_id": thread_id}}
+    async with _checkpointer_scope(settings, checkpointer) as saver:
+        graph = _compiled(saver)
+        try:
+            from langchain_core.messages import HumanMessage
+
+            async for chunk in graph.astream(
+                {"messages": [HumanMessage(content=message)]}, config,
+                context=context, stream_mode="custom",
+            ):
+                yield RunEvent.model_validate(chunk)
+            snapshot = await graph.aget_state(config)
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            yield _error_event(_as_turn_error(exc))
+            return
+    result = _turn_result(dict(snapshot.values), thread_id=thread_id, model=context.model.spec,
+                          persona=context.persona.name,
+                          total_ms=(time.perf_counter() - started) * 1000)
+    yield RunEvent(type="final", data=result.model_dump(mode="json"))
+
+
+@asynccontextmanager
+async def _checkpointer_scope(settings: Settings, given: Any) -> AsyncIterator[Any]:
+    if given is not None:
+        yield given
+        return
+    async with open_checkpointer(settings) as saver:
+        yield saver
+
+
+_GRAPHS: dict[int, Any] = {}
+
+
+def _compiled(saver: Any) -> Any:
+    """One compiled graph per checkpointer: compiling is not free, so it is reused."""
+    from agent.graph import build_graph
+
+    key = id(saver)
+    if key not in _GRAPHS:
+        _GRAPHS.clear()  # a new saver means the old one is closed
+        _GRAPHS[key] = build_graph(checkpointer=saver)
+    return _GRAPHS[key]
+
+
+async def run_turn(message: str, **kwargs: Any) -> TurnResult:
+    """Run one turn to completion; raise :class:`TurnError` if it fails."""
+    async for event in stream_turn(message, **kwargs):
+        if event.type == "final":
+            return TurnResult.model_validate(event.data)
+        if event.type == "error":
+            raise TurnError(**event.data)
+    raise TurnError("internal_error", "the turn ended without a result", "retry the turn")
+
+
+async def thread_history(thread_id: str, *, settings: Settings | None = None,
+                         checkpointer: Any = None) -> list[dict[str, Any]]:
+    """The user and assistant messages of a thread, oldest first; [] for an unknown thread."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from agent.models.offline import REVISION_SENDER
+
+    settings = settings or Settings()
+    async with _checkpointer_scope(settings, checkpointer) as saver:
+        snapshot = await _compiled(saver).aget_state({"configurable": {"thread_id": thread_id}})
+    history = []
+    for m in snapshot.values.get("messages", []) if snapshot.values else []:
+        if isinstance(m, HumanMessage) and m.name != REVISION_SENDER:
+            history.append({"role": "user", "content": str(m.content)})
+        elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+            history.append({"role": "assistant", "content": str(m.content)})
+    return history
