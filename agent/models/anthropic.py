@@ -346,11 +346,46 @@ def to_anthropic_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any
         else:
             turns.append({"role": role, "content": blocks})
 
+    _answer_orphan_tool_uses(turns)
     for turn in turns:
         if turn["role"] == "user":
             # Stable sort: tool results first, everything else after, order kept.
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
     return turns
+
+
+#: Stands in for the result of a tool call that never ran.
+INTERRUPTED_TOOL_RESULT = "(no result: the tool call was interrupted or declined)"
+
+
+def _answer_orphan_tool_uses(turns: list[dict[str, Any]]) -> None:
+    """Give every ``tool_use`` a ``tool_result`` in the following user turn.
+
+    A thread can hold tool calls that never ran (a crash or cancellation
+    mid-tool, a declined approval at an interrupt). The API rejects such a
+    history outright, so each missing result is filled in as an error result
+    saying the call did not run; the model can then carry on.
+    """
+    index = 0
+    while index < len(turns):
+        turn = turns[index]
+        wanted = [b["id"] for b in turn["content"] if b.get("type") == "tool_use"]
+        if turn["role"] == "assistant" and wanted:
+            if index + 1 == len(turns) or turns[index + 1]["role"] != "user":
+                turns.insert(index + 1, {"role": "user", "content": []})
+            reply = turns[index + 1]["content"]
+            answered = {b.get("tool_use_id") for b in reply if b.get("type") == "tool_result"}
+            reply.extend(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": tool_use_id,
+                    "content": INTERRUPTED_TOOL_RESULT,
+                    "is_error": True,
+                }
+                for tool_use_id in wanted
+                if tool_use_id not in answered
+            )
+        index += 1
 
 
 def _content_blocks(content: str | list[Any]) -> list[dict[str, Any]]:
@@ -464,7 +499,8 @@ def map_sdk_error(exc: Exception, *, timeout: float) -> ModelError:
         kind = exc.type or ""
         detail = exc.api_message or str(exc)
         request_id = f" [request-id {exc.request_id}]" if exc.request_id else ""
-        label = f"{status} {kind}" if kind else str(status)
+        # An ``error`` event inside a stream arrives on the stream's HTTP 200.
+        label = kind if status < 400 and kind else f"{status} {kind}".strip()
         message = f"Anthropic API error {label}: {detail}{request_id}"
         if status == 429 or kind == "rate_limit_error":
             return ModelError(

@@ -29,8 +29,8 @@ from prompts import format_number, render
 REVISION_SENDER = "perfagent_checks"
 
 _URL = re.compile(r"https?://[^\s'\"<>`)\]]+")
-_PY_FILE = re.compile(r"(?<![\w/.-])((?:[\w.~-]+/)*[\w.-]+\.py)\b")
-_DB_FILE = re.compile(r"(?<![\w/.-])((?:[\w.~-]+/)*[\w.-]+\.(?:db|sqlite3?|sqlite))\b")
+_PY_FILE = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]+\.py)\b")
+_DB_FILE = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]+\.(?:db|sqlite3?))\b")
 _PG_DSN = re.compile(r"postgres(?:ql)?://[^\s'\"`]+")
 _SQL = re.compile(r"\b((?:SELECT|WITH)\b[^;`]*?)(?:;|`|$)", re.I | re.S | re.M)
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:rps|req/s|requests? per second|requests?/s)", re.I)

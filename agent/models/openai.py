@@ -38,11 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from agent.models.base import ModelError, ModelRequest, TextSink, ToolSchema
 
 if TYPE_CHECKING:
+    import httpx
     from langchain_core.messages import AIMessage, BaseMessage
 
 PROVIDER = "openai"
@@ -97,6 +96,8 @@ class OpenAICompatibleModel:
     # ------------------------------------------------------------------ client
 
     def _get_client(self) -> httpx.AsyncClient:
+        import httpx  # imported on first use: keeps `import agent` cheap
+
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             headers = {"accept": "text/event-stream"}
@@ -157,6 +158,8 @@ class OpenAICompatibleModel:
         self, client: httpx.AsyncClient, body: dict[str, Any], stream: _StreamState
     ) -> AIMessage:
         """One HTTP attempt: request, parse the SSE stream, build the message."""
+        import httpx
+
         url = f"{self.base_url}/chat/completions"
         try:
             async with client.stream("POST", url, json=body) as response:
@@ -226,7 +229,7 @@ class OpenAICompatibleModel:
         return ModelError(message, provider=PROVIDER, retryable=False, hint=hint)
 
 
-class _Retryable(Exception):  # noqa: N818 - internal control flow, not a public error
+class _Retryable(Exception):
     """Internal: a failed attempt that may be retried; ``error`` is raised if not."""
 
     def __init__(self, error: ModelError, *, retry_after: float | None = None) -> None:
@@ -503,11 +506,45 @@ def to_openai_messages(
                 provider=PROVIDER,
                 retryable=False,
             )
+    out = _answer_orphan_tool_calls(out)
     if context:
         system_parts.append(context)
     if system_parts:
         out.insert(0, {"role": "system", "content": "\n\n".join(system_parts)})
     return out
+
+
+#: Stands in for the result of a tool call that never ran.
+INTERRUPTED_TOOL_RESULT = "ERROR: no result: the tool call was interrupted or declined"
+
+
+def _answer_orphan_tool_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Follow every assistant tool call with a tool message answering it.
+
+    A thread can hold tool calls that never ran (a crash mid-tool, a declined
+    approval); strict servers reject that history, so the missing answers are
+    added, saying the call did not run.
+    """
+    fixed: list[dict[str, Any]] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        fixed.extend(
+            {"role": "tool", "tool_call_id": call_id, "content": INTERRUPTED_TOOL_RESULT}
+            for call_id in pending
+        )
+        pending.clear()
+
+    for message in messages:
+        if message["role"] == "tool" and message["tool_call_id"] in pending:
+            pending.remove(message["tool_call_id"])
+        elif message["role"] != "tool":
+            flush()
+        fixed.append(message)
+        if message["role"] == "assistant":
+            pending.extend(call["id"] for call in message.get("tool_calls", []))
+    flush()
+    return fixed
 
 
 def _arguments_text(call: dict[str, Any]) -> str:

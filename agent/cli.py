@@ -1,0 +1,398 @@
+"""The ``perfagent`` command line.
+
+Every command that runs the agent goes through :mod:`agent.run`; this module
+only parses arguments and renders events. Heavy modules (LangGraph, the
+tools, SDKs) are imported inside the commands so ``perfagent --help`` starts
+fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from agent.context import Settings
+    from agent.results import RunEvent, TurnResult
+
+app = typer.Typer(
+    name="perfagent",
+    help="The performance-engineer agent: measures before it answers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+personas_app = typer.Typer(help="List, show and validate persona files.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
+
+#: Exit codes: 1 a structured error, 3 a measured value outside its budget.
+EXIT_ERROR = 1
+EXIT_BUDGET = 3
+
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", help="offline, anthropic:<model> or openai:<model>")]
+ThreadOption = Annotated[str | None, typer.Option(
+    "--thread", "-t", help="continue this thread id")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+PersonaOption = Annotated[str | None, typer.Option(
+    "--persona", help="persona name (default performance-engineer)")]
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(code: str, message: str, hint: str = "") -> typer.Exit:
+    """Print a structured error to stderr and return the exit to raise."""
+    err = _console(stderr=True)
+    err.print(f"[bold red]error[/] [dim]({code})[/]: {message}")
+    if hint:
+        err.print(f"[yellow]what to do:[/] {hint}")
+    return typer.Exit(EXIT_ERROR)
+
+
+def _settings(model: str | None, persona: str | None = None) -> Settings:
+    from agent.context import Settings
+    from agent.models import UnknownModelError, parse_spec
+
+    settings = Settings().with_overrides(model=model, persona=persona)
+    try:
+        parse_spec(settings.model)
+    except UnknownModelError as exc:
+        raise _fail("unknown_model", str(exc), "pass --model offline") from None
+    return settings
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class EventView:
+    """Shows a turn's events as they come: tool progress bars, checks, streamed text."""
+
+    def __init__(self, console: Console, *, stream_text: bool) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.stream_text = stream_text
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> EventView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def show(self, event: RunEvent) -> None:
+        data = event.data
+        indent = "  " * int(data.get("depth", 0) or 0)
+        if event.type == "tool_call":
+            args = json.dumps(data["args"])[:90]
+            self.tasks[data["id"]] = self.progress.add_task(
+                f"{indent}[cyan]{data['name']}[/] {args}", total=1.0)
+        elif event.type == "tool_progress" and data["id"] in self.tasks:
+            self.progress.update(self.tasks[data["id"]], completed=data["fraction"])
+        elif event.type == "tool_result":
+            task = self.tasks.pop(data["id"], None)
+            if task is not None:
+                self.progress.remove_task(task)
+            mark = "[green]✓[/]" if data["ok"] else "[red]✗[/]"
+            error = f" [red]{data['error']}[/]" if data.get("error") else ""
+            self.console.print(
+                f"{indent}{mark} [cyan]{data['name']}[/] {data['duration_ms'] / 1000:.1f} s{error}")
+        elif event.type == "check":
+            colour = {"pass": "green", "fail": "red"}.get(data["status"], "dim")
+            self.console.print(f"{indent}[{colour}]• {data['name']}: {data['status']}[/]")
+        elif event.type == "revision":
+            self.console.print(f"{indent}[yellow]↻ revising (failed: "
+                               f"{', '.join(data['failed'])})[/]")
+        elif event.type == "text_delta" and self.stream_text and not data.get("depth"):
+            self.console.out(data["text"], end="")
+
+
+def render_result(console: Console, result: TurnResult, *, answer: bool = True) -> None:
+    """The answer as Markdown, then the checks and the measurements as tables."""
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    if answer:
+        console.print(Markdown(result.answer))
+    checks = Table(title="Pre-response checks", title_justify="left")
+    for column in ("check", "status", "evidence / feedback"):
+        checks.add_column(column)
+    for check in result.checks:
+        colour = {"pass": "green", "fail": "red"}.get(check.status, "dim")
+        checks.add_row(check.name, f"[{colour}]{check.status}[/]",
+                       check.feedback or check.evidence)
+    console.print(checks)
+    if result.measurements:
+        table = Table(title="Measurements", title_justify="left")
+        for column in ("metric", "value", "budget", "status", "source", "target"):
+            table.add_column(column)
+        for m in result.measurements:
+            status = {True: "[green]pass[/]", False: "[red]fail[/]"}.get(m.passed, "—")
+            table.add_row(m.name, f"{m.value:,.2f} {m.unit}", m.budget or "—", status,
+                          m.source, m.target[-60:])
+        console.print(table)
+    console.print(
+        f"[dim]thread {result.thread_id} · {result.model} · {len(result.tool_calls)} tool "
+        f"call(s) · {result.revisions} revision(s) · {result.timings_ms.total / 1000:.1f} s[/]")
+
+
+async def _run(message: str, settings: Settings, thread: str | None, *, view: EventView | None,
+               ) -> TurnResult:
+    from agent.results import TurnResult
+    from agent.run import stream_turn
+
+    async for event in stream_turn(message, thread_id=thread, settings=settings):
+        if view is not None:
+            view.show(event)
+        if event.type == "final":
+            return TurnResult.model_validate(event.data)
+        if event.type == "error":
+            raise _fail(event.data["code"], event.data["message"], event.data.get("hint", ""))
+    raise _fail("internal_error", "the turn ended without a result")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="what to ask the agent")],
+    model: ModelOption = None,
+    thread: ThreadOption = None,
+    persona: PersonaOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask one question; print the answer, the five checks and the measurements."""
+    settings = _settings(model, persona)
+    if as_json:
+        result = asyncio.run(_run(question, settings, thread, view=None))
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        return
+    console = _console()
+    with EventView(_console(stderr=True), stream_text=False) as view:
+        result = asyncio.run(_run(question, settings, thread, view=view))
+    render_result(console, result)
+
+
+@app.command()
+def chat(model: ModelOption = None, thread: ThreadOption = None,
+         persona: PersonaOption = None) -> None:
+    """Chat in the terminal; answers stream as they are written. /exit to leave."""
+    from agent.run import new_thread_id
+
+    settings = _settings(model, persona)
+    console = _console()
+    thread_id = thread or new_thread_id()
+    console.print(f"[bold]perfagent[/] · {settings.model} · thread [cyan]{thread_id}[/] "
+                  f"(resume with --thread {thread_id}) · /exit to leave")
+    while True:
+        try:
+            message = console.input("[bold green]you>[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        if not message:
+            continue
+        if message in ("/exit", "/quit"):
+            break
+        try:
+            with EventView(console, stream_text=True) as view:
+                result = asyncio.run(_run(message, settings, thread_id, view=view))
+        except typer.Exit:
+            continue  # the error was printed; the thread stays usable
+        console.print()
+        render_result(console, result, answer=False)
+
+
+@app.command()
+def demo(
+    as_json: JsonOption = False,
+    model: ModelOption = None,
+) -> None:
+    """Start the slow example service, ask the agent why it is slow, and show the answer."""
+    from agent.demo import demo_question, prepare_demo, slow_service
+
+    settings = _settings(model)
+    console = _console(stderr=as_json)
+    with console.status("building the example shop database…"):
+        db = prepare_demo(settings)
+    try:
+        with slow_service(db) as url:
+            question = demo_question(url, db)
+            console.print(f"[bold]question:[/] {question}\n")
+            with EventView(console, stream_text=False) as view:
+                result = asyncio.run(_run(question, settings, None, view=view))
+    except RuntimeError as exc:
+        raise _fail("demo_failed", str(exc), "check that Python can bind a loopback port") from None
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        render_result(_console(), result)
+
+
+@app.command()
+def measure(
+    tool: Annotated[str, typer.Argument(help="tool name, e.g. load_test")],
+    args: Annotated[str, typer.Option("--args", help="the tool's input as JSON")] = "{}",
+    as_json: JsonOption = False,
+) -> None:
+    """Run one measurement tool directly. Exits 3 when a measurement breaks its budget."""
+    from pydantic import ValidationError
+
+    from tools import ToolError, get_tool
+
+    try:
+        spec = get_tool(tool)
+        inp = spec.input_model.model_validate(json.loads(args))
+    except ToolError as exc:
+        raise _fail(exc.code, exc.message, exc.hint) from None
+    except json.JSONDecodeError as exc:
+        raise _fail("invalid_json", f"--args is not JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _fail("invalid_arguments",
+                    f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
+                    f"see the schema: perfagent measure {tool} --help") from None
+
+    console = _console(stderr=True)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(tool, total=1.0)
+        try:
+            result = asyncio.run(spec.run(inp, lambda f, text: progress.update(
+                task, completed=f, description=f"{tool}: {text}")))
+        except ToolError as exc:
+            raise _fail(exc.code, exc.message, exc.hint) from None
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        out = _console()
+        out.print(result.summary)
+        for m in result.measurements:
+            status = {True: " [green]pass[/]", False: " [red]fail[/]"}.get(m.passed, "")
+            out.print(f"  {m.name}: {m.value:,.2f} {m.unit}"
+                      f"{f' (budget {m.budget})' if m.budget else ''}{status}")
+        for f in result.findings:
+            out.print(f"  [yellow]{f.kind}[/] ({f.severity}) {f.location or ''}: {f.summary}")
+    if any(m.passed is False for m in result.measurements):
+        raise typer.Exit(EXIT_BUDGET)
+
+
+@personas_app.command("list")
+def personas_list(as_json: JsonOption = False) -> None:
+    """The shipped personas with their tools and delegation targets."""
+    library = _library()
+    if as_json:
+        rows = [{"name": p.name, "version": p.version, "description": p.description,
+                 "tools": p.tools, "delegates_to": [d.name for d in p.delegation]}
+                for p in library.personas.values()]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "version", "tools", "delegates to"):
+        table.add_column(column)
+    for p in library.personas.values():
+        table.add_row(p.name, p.version, ", ".join(p.tools),
+                      ", ".join(d.name for d in p.delegation))
+    _console().print(table)
+
+
+@personas_app.command("show")
+def personas_show(name: str, as_json: JsonOption = False) -> None:
+    """One persona, parsed: checks, targets as budgets, principles, checklist."""
+    from agent.persona import PersonaError
+
+    try:
+        persona = _library().get(name)
+    except PersonaError as exc:
+        raise _fail("unknown_persona", exc.problem, "perfagent personas list") from None
+    if as_json:
+        sys.stdout.write(persona.model_dump_json(indent=2) + "\n")
+        return
+    console = _console()
+    console.print(f"[bold]{persona.name}[/] {persona.version} — {persona.description}")
+    console.print("\n[bold]Delegation[/]")
+    for d in persona.delegation:
+        console.print(f"  {d.name}: {d.when}")
+    console.print("\n[bold]Checks[/]")
+    for c in persona.checks:
+        console.print(f"  {c.id}: " + " ".join(c.questions))
+    console.print("\n[bold]Targets[/]")
+    for t in persona.targets:
+        console.print(f"  {t.metric}: {t.display}  ({t.measurement} {t.budget})")
+    console.print("\n[bold]Principles[/]")
+    for p in persona.principles:
+        console.print(f"  {p.name}: {p.target_percent:g} %")
+    console.print("\n[bold]Checklist[/]")
+    for item in persona.checklist:
+        console.print(f"  [ ] {item}")
+
+
+@personas_app.command("validate")
+def personas_validate(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="persona files or folders (default: the shipped personas)")] = None,
+) -> None:
+    """Parse and validate persona files; errors name the file, the line and the problem."""
+    from agent.persona import (
+        PersonaError,
+        agent_tool_names,
+        load_persona_file,
+        personas_dir,
+        validate_library,
+    )
+
+    files: list[Path] = []
+    for path in paths or [personas_dir()]:
+        files.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
+    try:
+        personas = [load_persona_file(f) for f in files]
+        if not paths:
+            validate_library(personas, agent_tool_names())
+        else:
+            # Files checked alone may delegate to the shipped personas.
+            shipped = {p.name: p for p in _library().personas.values()}
+            shipped.update({p.name: p for p in personas})
+            validate_library(list(shipped.values()), agent_tool_names())
+    except PersonaError as exc:
+        raise _fail("invalid_persona", str(exc), "fix the file at that line") from None
+    _console().print(f"[green]ok[/]: {len(files)} persona file(s) valid")
+
+
+def _library() -> Any:
+    from agent.persona import PersonaError, persona_library
+
+    try:
+        return persona_library()
+    except PersonaError as exc:
+        raise _fail("invalid_persona", str(exc), "fix the file at that line") from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()
