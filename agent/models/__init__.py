@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from agent.models.anthropic import DEFAULT_ANTHROPIC_MODEL
 from agent.models.base import ChatModel, ModelError, ModelRequest, ToolSchema
 
 if TYPE_CHECKING:
     from agent.persona import Persona
 
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5"
 DEFAULT_ANTHROPIC_SPEC = f"anthropic:{DEFAULT_ANTHROPIC_MODEL}"
 VALID_SPECS = ("offline", "anthropic:<model>", "openai:<model>")
 
