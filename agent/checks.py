@@ -44,7 +44,7 @@ class CheckInput:
 _CODE_BLOCK = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
 # A figure: a number with a unit that claims something about the system.
 _FIGURE = re.compile(
-    r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s*"
+    r"(?<![\w.,])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)\s*"
     r"(ms|milliseconds?|µs|us|s|sec|seconds?|req/s|rps|requests?/s|qps|%|MB|MiB|GB|GiB|KB|KiB)"
     r"(?![\w/])",
     re.I,
@@ -362,9 +362,8 @@ def _code_problem(lang: str, code: str) -> str | None:
             yaml.safe_load(code)
         except yaml.YAMLError as exc:
             return f"yaml block does not parse ({str(exc).splitlines()[0]})"
-    elif lang == "sql":
-        if code.count("(") != code.count(")"):
-            return "sql block has unbalanced parentheses"
+    elif lang == "sql" and code.count("(") != code.count(")"):
+        return "sql block has unbalanced parentheses"
     return None
 
 

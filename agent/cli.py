@@ -158,13 +158,16 @@ async def _run(message: str, settings: Settings, thread: str | None, *, view: Ev
     from agent.results import TurnResult
     from agent.run import stream_turn
 
-    async for event in stream_turn(message, thread_id=thread, settings=settings):
-        if view is not None:
-            view.show(event)
-        if event.type == "final":
-            return TurnResult.model_validate(event.data)
-        if event.type == "error":
-            raise _fail(event.data["code"], event.data["message"], event.data.get("hint", ""))
+    from contextlib import aclosing
+
+    async with aclosing(stream_turn(message, thread_id=thread, settings=settings)) as events:
+        async for event in events:
+            if view is not None:
+                view.show(event)
+            if event.type == "final":
+                return TurnResult.model_validate(event.data)
+            if event.type == "error":
+                raise _fail(event.data["code"], event.data["message"], event.data.get("hint", ""))
     raise _fail("internal_error", "the turn ended without a result")
 
 
@@ -239,6 +242,8 @@ def demo(
             console.print(f"[bold]question:[/] {question}\n")
             with EventView(console, stream_text=False) as view:
                 result = asyncio.run(_run(question, settings, None, view=view))
+    except typer.Exit:
+        raise
     except RuntimeError as exc:
         raise _fail("demo_failed", str(exc), "check that Python can bind a loopback port") from None
     if as_json:

@@ -35,8 +35,11 @@ from agent.results import CheckResult
 from agent.state import RESET, AgentState
 from agent.toolbox import DelegateRunner, execute, tool_schemas
 from prompts import render
+from tools import tool_names
 
 CHECK_NODES = {name: f"check_{name}" for name in CHECKS}
+#: Tools whose numbers depend on having the machine to themselves.
+MEASUREMENT_TOOLS = frozenset(tool_names())
 
 
 @dataclass
@@ -201,7 +204,20 @@ async def tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
                                               "depth": ctx.depth}})
         return call, outcome
 
-    results = await asyncio.gather(*(run_one(dict(c)) for c in calls))
+    # Measurements run one after another so one cannot distort another on shared
+    # cores (a profile burning a core inflates a concurrent load test's latencies);
+    # lookups and delegations have nothing to distort and run concurrently.
+    requested = [dict(c) for c in calls]
+    measured = [c for c in requested if c["name"] in MEASUREMENT_TOOLS]
+    others = [c for c in requested if c["name"] not in MEASUREMENT_TOOLS]
+
+    async def run_measurements() -> list[tuple[dict[str, Any], Any]]:
+        return [await run_one(c) for c in measured]
+
+    sequential, concurrent = await asyncio.gather(
+        run_measurements(), asyncio.gather(*(run_one(c) for c in others)))
+    order = {id(c): i for i, c in enumerate(requested)}
+    results = sorted([*sequential, *concurrent], key=lambda r: order[id(r[0])])
     return {
         "messages": [
             ToolMessage(content=o.content, tool_call_id=str(c["id"]), name=c["name"],

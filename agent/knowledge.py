@@ -19,10 +19,12 @@ from pathlib import Path
 from prompts import knowledge_dir
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9+_-]*")
-_STOP = frozenset(
-    "a an and are as at be by for from how i in is it of on or that the this to was what "
-    "when where which why with my our your we you do does can should it's its".split()
-)
+_STOP = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
+    "how", "i", "in", "is", "it", "it's", "its", "my", "of", "on", "or", "our", "should",
+    "that", "the", "this", "to", "was", "we", "what", "when", "where", "which", "why",
+    "with", "you", "your",
+})
 
 
 def words(text: str) -> list[str]:

@@ -65,7 +65,7 @@ class TurnResult(BaseModel):
 
 
 RunEventType = Literal[
-    "run_start", "node_start", "node_end", "tool_call", "tool_result", "check",
+    "run_start", "node_start", "node_end", "tool_call", "tool_progress", "tool_result", "check",
     "text_delta", "delegation", "revision", "final", "error",
 ]
 

@@ -9,11 +9,10 @@ turns intact and the thread resumable.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 from agent.context import Settings
@@ -117,7 +116,7 @@ async def stream_turn(
     ``model`` overrides the provider built from ``settings.model`` (tests,
     benchmarks and evals inject scripted models this way).
     """
-    from agent.graph import build_graph, make_context
+    from agent.graph import make_context
 
     settings = settings or Settings()
     thread_id = thread_id or new_thread_id()
@@ -130,6 +129,7 @@ async def stream_turn(
     yield RunEvent(type="run_start", data={"thread_id": thread_id, "model": context.model.spec,
                                            "persona": context.persona.name})
     config = {"configurable": {"thread_id": thread_id}}
+    failure: TurnError | None = None
     async with _checkpointer_scope(settings, checkpointer) as saver:
         graph = _compiled(saver)
         try:
@@ -141,11 +141,11 @@ async def stream_turn(
             ):
                 yield RunEvent.model_validate(chunk)
             snapshot = await graph.aget_state(config)
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            yield _error_event(_as_turn_error(exc))
-            return
+        except Exception as exc:  # reported as an error event; the thread stays intact
+            failure = _as_turn_error(exc)
+    if failure is not None:
+        yield _error_event(failure)
+        return
     result = _turn_result(dict(snapshot.values), thread_id=thread_id, model=context.model.spec,
                           persona=context.persona.name,
                           total_ms=(time.perf_counter() - started) * 1000)
@@ -177,11 +177,12 @@ def _compiled(saver: Any) -> Any:
 
 async def run_turn(message: str, **kwargs: Any) -> TurnResult:
     """Run one turn to completion; raise :class:`TurnError` if it fails."""
-    async for event in stream_turn(message, **kwargs):
-        if event.type == "final":
-            return TurnResult.model_validate(event.data)
-        if event.type == "error":
-            raise TurnError(**event.data)
+    async with aclosing(stream_turn(message, **kwargs)) as events:
+        async for event in events:
+            if event.type == "final":
+                return TurnResult.model_validate(event.data)
+            if event.type == "error":
+                raise TurnError(**event.data)
     raise TurnError("internal_error", "the turn ended without a result", "retry the turn")
 
 

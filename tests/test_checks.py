@@ -97,6 +97,13 @@ def test_seconds_and_milliseconds_compare() -> None:
     assert audit.grounded == ["0.23 s"]
 
 
+def test_thousands_separators_read_as_one_number() -> None:
+    measured = [{"name": "p95_latency", "value": 1085.48, "unit": "ms"}]
+    audit = audit_figures("p95 is 1,085.48 ms; p99 was 1,300.2 ms.", data("", measurements=measured))
+    assert audit.grounded == ["1,085.48 ms"]
+    assert audit.unsupported == ["1,300.2 ms"]
+
+
 def test_measurements_not_cited_fail() -> None:
     draft = "Your API is slow. Add an index and some caching with a TTL."
     result = check_baseline(data(draft))

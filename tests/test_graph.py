@@ -124,11 +124,17 @@ async def test_thread_persists_across_turns() -> None:
 
 
 async def test_step_budget_forces_an_answer() -> None:
-    loop = AIMessage(content="", tool_calls=[call("knowledge_search", {"query": "x"}, "k")])
-    model = ScriptedModel([loop, loop, AIMessage(content=PASSING)])
+    def loop(n: int) -> AIMessage:
+        return AIMessage(content="", tool_calls=[call("knowledge_search", {"query": "x"}, f"k{n}")])
+
+    model = ScriptedModel([loop(1), loop(2), loop(3), AIMessage(content=PASSING)])
     result = await run_turn("loop", settings=settings(max_steps=2), model=model)
     assert len(result.tool_calls) == 2
-    assert model.requests[-1].tools == ()
+    # From the budget on the model gets no tools; the third call's tool request was
+    # dropped, the empty draft failed its checks and the revision answered.
+    assert [len(r.tools) > 0 for r in model.requests] == [True, True, False, False]
+    assert result.revisions == 1
+    assert {c.status for c in result.checks} == {"pass"}
 
 
 @pytest.mark.parametrize("spec", ["gpt-4", "anthropic", "offline:x"])
