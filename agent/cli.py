@@ -55,9 +55,10 @@ def _console(stderr: bool = False) -> Console:
 def _fail(code: str, message: str, hint: str = "") -> typer.Exit:
     """Print a structured error to stderr and return the exit to raise."""
     err = _console(stderr=True)
-    err.print(f"[bold red]error[/] [dim]({code})[/]: {message}")
+    # No wrapping: an error line should stay one line for grep and for logs.
+    err.print(f"[bold red]error[/] [dim]({code})[/]: {message}", soft_wrap=True)
     if hint:
-        err.print(f"[yellow]what to do:[/] {hint}")
+        err.print(f"[yellow]what to do:[/] {hint}", soft_wrap=True)
     return typer.Exit(EXIT_ERROR)
 
 
@@ -155,10 +156,10 @@ def render_result(console: Console, result: TurnResult, *, answer: bool = True) 
 
 async def _run(message: str, settings: Settings, thread: str | None, *, view: EventView | None,
                ) -> TurnResult:
+    from contextlib import aclosing
+
     from agent.results import TurnResult
     from agent.run import stream_turn
-
-    from contextlib import aclosing
 
     async with aclosing(stream_turn(message, thread_id=thread, settings=settings)) as events:
         async for event in events:
