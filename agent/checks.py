@@ -158,10 +158,10 @@ def audit_figures(draft: str, data: CheckInput) -> FigureAudit:
     return FigureAudit(grounded=grounded, unsupported=unsupported)
 
 
-def _has(pattern: str, text: str) -> list[str]:
-    """Distinct case-insensitive matches of ``pattern`` in ``text``."""
+def _has(pattern: re.Pattern[str], text: str) -> list[str]:
+    """Distinct matches of the (case-insensitive) ``pattern`` in ``text``."""
     seen: list[str] = []
-    for match in re.finditer(pattern, text, re.I):
+    for match in pattern.finditer(text):
         word = match.group(0).strip().lower()
         if word not in seen:
             seen.append(word)
@@ -177,53 +177,63 @@ def _result(name: str, ok: bool, evidence: str, feedback: str) -> CheckResult:
 
 # --------------------------------------------------------------------------- vocabularies
 
-_MEASURE_METHOD = (
+_MEASURE_METHOD = re.compile(
     r"\bprofil\w*|load[- ]test\w*|\bk6\b|locust|wrk2?\b|\bhey\b|explain(\s+query plan|"
     r"\s+analyze)?|py-spy|pyinstrument|cprofile|lighthouse|web vitals|benchmark\w*|"
-    r"flame ?graph|slow query log|pg_stat_statements|\btrac(e|es|ing)\b|\bmeasure\w*"
+    r"flame ?graph|slow query log|pg_stat_statements|\btrac(e|es|ing)\b|\bmeasure\w*",
+    re.I,
 )
-_METRIC = (
+_METRIC = re.compile(
     r"\bp\d{2}\b|percentile|latency|throughput|req(uests)?/s|\blcp\b|\bcls\b|\binp\b|"
-    r"\bfid\b|\bttfb\b|hit rate|cpu|memory|error rate|response time|query time"
+    r"\bfid\b|\bttfb\b|hit rate|cpu|memory|error rate|response time|query time",
+    re.I,
 )
-_RECOMMENDATION = (
+_RECOMMENDATION = re.compile(
     r"^\s*#{1,4}\s*(recommend|fix|optimi[sz]|next step|action|improvement|solution|proposal)|"
     r"\b(recommend|i suggest|we should|you should|consider|add (an? )?(index|cache)|"
     r"replace|switch to|introduce|enable|batch|eager[- ]load|paginat|precompute|"
-    r"move .* to a (queue|background))"
+    r"move .* to a (queue|background))",
+    re.I | re.M,
 )
-_IMPROVEMENT = (
+_IMPROVEMENT = re.compile(
     r"faster|reduc|improv|cut|drop|lower|speed-?up|sav(e|es|ing)|gain|fewer|less|"
-    r"increase|boost|shrink|remov|from .* to|→|->"
+    r"increase|boost|shrink|remov|from .* to|→|->",
+    re.I,
 )
-_QUANTITY = r"\d+(?:\.\d+)?\s*(%|x\b|×|times\b|ms\b|s\b|req/s|queries|round[- ]trips)"
-_ROI = (
+_QUANTITY = re.compile(r"\d+(?:\.\d+)?\s*(%|x\b|×|times\b|ms\b|s\b|req/s|queries|round[- ]trips)", re.I)
+_ROI = re.compile(
     r"\broi\b|return on investment|effort|cost|payback|engineer[- ](hours|days)|"
     r"\b\d+\s*(hours?|days?|weeks?)\b|worth|priorit|low[- ]risk|high[- ]impact|trade-?off|"
-    r"benefit"
+    r"benefit",
+    re.I,
 )
-_TRACING = (
+_TRACING = re.compile(
     r"opentelemetry|\botel\b|distributed tracing|\btracing\b|\btraces?\b|jaeger|zipkin|"
-    r"tempo\b|\bspans?\b|x-ray"
+    r"tempo\b|\bspans?\b|x-ray",
+    re.I,
 )
-_DASHBOARD = r"dashboards?|grafana|datadog|new relic|kibana|\bpanels?\b|honeycomb"
-_CACHING = r"\bcach(e|es|ing|ed)\b|redis|memcached|\bcdn\b"
-_INVALIDATION = (
+_DASHBOARD = re.compile(r"dashboards?|grafana|datadog|new relic|kibana|\bpanels?\b|honeycomb", re.I)
+_CACHING = re.compile(r"\bcach(e|es|ing|ed)\b|redis|memcached|\bcdn\b", re.I)
+_INVALIDATION = re.compile(
     r"invalidat\w*|evict\w*|\bttl\b|expir\w*|purge|cache[- ]bust\w*|\.delete\(|"
-    r"versioned key|stale|setex|max-age|write-through"
+    r"versioned key|stale|setex|max-age|write-through",
+    re.I,
 )
-_ERROR_HANDLING = (
+_ERROR_HANDLING = re.compile(
     r"\btry\b|except|error handling|fallback|fall back|retr(y|ies)|timeout|circuit[- ]breaker|"
-    r"graceful|on failure|\braise\b|backoff"
+    r"graceful|on failure|\braise\b|backoff",
+    re.I,
 )
-_IO_IN_CODE = r"redis|requests\.|httpx|execute\(|connect\(|\.get\(|urlopen|session\."
-_BUDGET = (
+_IO_IN_CODE = re.compile(r"redis|requests\.|httpx|execute\(|connect\(|\.get\(|urlopen|session\.", re.I)
+_BUDGET = re.compile(
     r"performance budget|\bbudgets?\b|threshold|p\(9\d\)\s*<|\bslo\b|\bsla\b|"
-    r"fail(s)? the (build|pipeline|job)"
+    r"fail(s)? the (build|pipeline|job)",
+    re.I,
 )
-_CI = (
+_CI = re.compile(
     r"\bci\b|ci/cd|pipeline|github actions|gitlab|jenkins|circleci|buildkite|pre-merge|"
-    r"pull request|merge request|on every (commit|push|pr)|nightly|pre-commit"
+    r"pull request|merge request|on every (commit|push|pr)|nightly|pre-commit",
+    re.I,
 )
 
 
@@ -304,12 +314,12 @@ def check_impact(data: CheckInput) -> CheckResult:
     """Recommendations carry a quantified expected improvement and an ROI judgement."""
     name = "impact_quantified"
     text = prose(data.draft)
-    if not re.search(_RECOMMENDATION, text, re.I | re.M):
+    if not _RECOMMENDATION.search(text):
         return CheckResult(name=name, status="not_applicable",
                            evidence="the draft makes no recommendation to quantify")
     quantified = [
         line.strip() for line in text.splitlines()
-        if re.search(_QUANTITY, line, re.I) and re.search(_IMPROVEMENT, line, re.I)
+        if _QUANTITY.search(line) and _IMPROVEMENT.search(line)
     ]
     roi = _has(_ROI, text)
     problems = []
@@ -372,7 +382,7 @@ def check_implementation(data: CheckInput) -> CheckResult:
     name = "implementation_quality"
     blocks = code_blocks(data.draft)
     text = prose(data.draft)
-    recommends = re.search(_RECOMMENDATION, text, re.I | re.M)
+    recommends = _RECOMMENDATION.search(text)
     if not blocks and not recommends:
         return CheckResult(name=name, status="not_applicable",
                            evidence="no implementation proposed")
@@ -387,7 +397,7 @@ def check_implementation(data: CheckInput) -> CheckResult:
             "caching is proposed without invalidation: say how entries expire or are "
             "invalidated (TTL, event-based delete on write, versioned keys)"
         )
-    io_code = any(re.search(_IO_IN_CODE, code) for _, code in blocks)
+    io_code = any(_IO_IN_CODE.search(code) for _, code in blocks)
     if (io_code or recommends) and not _has(_ERROR_HANDLING, everything):
         problems.append(
             "add error handling to the proposed implementation (timeouts, retries or a "

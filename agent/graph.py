@@ -53,6 +53,9 @@ class RunContext:
     tools: list[ToolSchema]
     delegate: DelegateRunner
     depth: int = 0
+    #: emit node_start/node_end events (streaming surfaces show them; a plain
+    #: run_turn has no listener, and each event costs a trip through the stream)
+    node_events: bool = True
 
     @property
     def allowed_tools(self) -> set[str]:
@@ -65,8 +68,15 @@ def system_prompt(persona_name: str) -> str:
     return render("system.md.j2", persona=get_persona(persona_name))
 
 
+@cache
+def _tool_schemas(persona_name: str, allow_code_tools: bool, can_delegate: bool) -> list[ToolSchema]:
+    """JSON Schemas cost milliseconds to generate, so each persona's list is built once."""
+    return tool_schemas(get_persona(persona_name), allow_code_tools=allow_code_tools,
+                        can_delegate=can_delegate)
+
+
 def make_context(settings: Settings, persona_name: str, *, depth: int = 0,
-                 model: ChatModel | None = None) -> RunContext:
+                 model: ChatModel | None = None, node_events: bool = True) -> RunContext:
     """Resolve persona, model, tools and the delegation runner for one run."""
     from agent.delegation import delegate_runner
 
@@ -76,10 +86,11 @@ def make_context(settings: Settings, persona_name: str, *, depth: int = 0,
         persona=persona,
         model=model or build_model(settings.model, persona),
         system_prompt=system_prompt(persona_name),
-        tools=tool_schemas(persona, allow_code_tools=settings.allow_code_tools,
-                           can_delegate=depth < settings.max_delegation_depth),
+        tools=_tool_schemas(persona_name, settings.allow_code_tools,
+                            depth < settings.max_delegation_depth),
         delegate=delegate_runner(settings, depth, [d.name for d in persona.delegation]),
         depth=depth,
+        node_events=node_events,
     )
 
 
@@ -92,16 +103,18 @@ def timed(name: str, node: Node) -> Node:
     """Wrap a node: emit node_start/node_end events and record its time in ``timings``."""
 
     async def wrapper(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        emit = runtime.stream_writer
+        emit = runtime.stream_writer if runtime.context.node_events else None
         depth = runtime.context.depth
-        emit({"type": "node_start", "data": {"node": name, "depth": depth}})
+        if emit:
+            emit({"type": "node_start", "data": {"node": name, "depth": depth}})
         started = time.perf_counter()
         update = await node(state, runtime)
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         timings = dict(update.get("timings", {}))
         timings[name] = timings.get(name, 0) + elapsed
         update["timings"] = timings
-        emit({"type": "node_end", "data": {"node": name, "depth": depth, "ms": elapsed}})
+        if emit:
+            emit({"type": "node_end", "data": {"node": name, "depth": depth, "ms": elapsed}})
         return update
 
     wrapper.__name__ = name
@@ -253,9 +266,10 @@ def make_check_node(name: str) -> Node:
     validator = CHECKS[name]
 
     async def check(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        result: CheckResult = validator(check_input(state, runtime.context.persona))
+        ctx = runtime.context
+        result: CheckResult = validator(check_input(state, ctx.persona))
         runtime.stream_writer({"type": "check", "data": {**result.model_dump(),
-                                                         "depth": runtime.context.depth}})
+                                                         "depth": ctx.depth}})
         return {"checks": {name: result.model_dump()}}
 
     return check

@@ -108,13 +108,15 @@ async def stream_turn(
     settings: Settings | None = None,
     checkpointer: Any = None,
     model: ChatModel | None = None,
+    node_events: bool = True,
 ) -> AsyncIterator[RunEvent]:
     """Run one turn and yield its events; the last is ``final`` (or ``error``).
 
     ``checkpointer`` lets a long-lived server share one open saver; by default
     the SQLite file under the state directory is opened for this turn.
     ``model`` overrides the provider built from ``settings.model`` (tests,
-    benchmarks and evals inject scripted models this way).
+    benchmarks and evals inject scripted models this way). ``node_events=False``
+    leaves out node_start/node_end events for callers that do not show them.
     """
     from agent.graph import make_context
 
@@ -122,7 +124,7 @@ async def stream_turn(
     thread_id = thread_id or new_thread_id()
     started = time.perf_counter()
     try:
-        context = make_context(settings, settings.persona, model=model)
+        context = make_context(settings, settings.persona, model=model, node_events=node_events)
     except Exception as exc:
         yield _error_event(_as_turn_error(exc))
         return
@@ -135,18 +137,24 @@ async def stream_turn(
         try:
             from langchain_core.messages import HumanMessage
 
-            async for chunk in graph.astream(
+            final_state: dict[str, Any] = {}
+            # "values" hands over the state after each step, so the final state needs
+            # no extra checkpoint read; "exit" durability writes the checkpoint once,
+            # when the turn ends (also when it fails), instead of after every step.
+            async for mode, chunk in graph.astream(
                 {"messages": [HumanMessage(content=message)]}, config,
-                context=context, stream_mode="custom",
+                context=context, stream_mode=["custom", "values"], durability="exit",
             ):
-                yield RunEvent.model_validate(chunk)
-            snapshot = await graph.aget_state(config)
+                if mode == "custom":
+                    yield RunEvent.model_construct(type=chunk["type"], data=chunk["data"])
+                else:
+                    final_state = chunk
         except Exception as exc:  # reported as an error event; the thread stays intact
             failure = _as_turn_error(exc)
     if failure is not None:
         yield _error_event(failure)
         return
-    result = _turn_result(dict(snapshot.values), thread_id=thread_id, model=context.model.spec,
+    result = _turn_result(final_state, thread_id=thread_id, model=context.model.spec,
                           persona=context.persona.name,
                           total_ms=(time.perf_counter() - started) * 1000)
     yield RunEvent(type="final", data=result.model_dump(mode="json"))
@@ -177,6 +185,7 @@ def _compiled(saver: Any) -> Any:
 
 async def run_turn(message: str, **kwargs: Any) -> TurnResult:
     """Run one turn to completion; raise :class:`TurnError` if it fails."""
+    kwargs.setdefault("node_events", False)
     async with aclosing(stream_turn(message, **kwargs)) as events:
         async for event in events:
             if event.type == "final":

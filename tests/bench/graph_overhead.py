@@ -4,8 +4,9 @@ Prints ratios measured in one run (never pass/fail times):
 
 - per-turn time of the full perfagent graph (prepare, agent, five checks,
   gate, finalize; SQLite checkpointer) against a bare LangGraph ReAct loop
-  (agent <-> tools) on the same checkpointer, both driven by the same fake
-  model that answers at once with a draft passing all five checks;
+  (agent <-> tools) on the same checkpointer and the same durability
+  (checkpoint when the turn ends), both driven by the same fake model that
+  answers at once with a draft passing all five checks;
 - cold start of ``perfagent --help`` against a bare ``python -c pass``.
 
 Run: ``python tests/bench/graph_overhead.py [--turns 200]``.
@@ -25,6 +26,13 @@ from typing import Annotated, Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from langchain_core.messages import AnyMessage  # noqa: E402
+from langgraph.graph.message import add_messages  # noqa: E402
+
+
+class BareState(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
 
 class FakeModel:
     """Answers every request at once with the same passing draft (no tools)."""
@@ -42,26 +50,21 @@ class FakeModel:
 
 def bare_react_graph(model: FakeModel, saver: Any) -> Any:
     """The smallest LangGraph ReAct loop: one model node, one tools node."""
-    from langchain_core.messages import AnyMessage
     from langgraph.graph import END, START, StateGraph
-    from langgraph.graph.message import add_messages
 
     from agent.models.base import ModelRequest
 
-    class State(TypedDict):
-        messages: Annotated[list[AnyMessage], add_messages]
-
-    async def agent(state: State) -> dict[str, Any]:
+    async def agent(state: BareState) -> dict[str, Any]:
         message = await model.generate(ModelRequest(system="", messages=state["messages"]))
         return {"messages": [message]}
 
-    async def tools(state: State) -> dict[str, Any]:
+    async def tools(state: BareState) -> dict[str, Any]:
         return {"messages": []}
 
-    def route(state: State) -> str:
+    def route(state: BareState) -> str:
         return "tools" if state["messages"][-1].tool_calls else END
 
-    graph = StateGraph(State)
+    graph = StateGraph(BareState)
     graph.add_node("agent", agent)
     graph.add_node("tools", tools)
     graph.add_edge(START, "agent")
@@ -96,8 +99,9 @@ async def graph_overhead(turns: int) -> tuple[float, float]:
             bare = bare_react_graph(model, saver)
 
             async def bare_turn(i: int) -> None:
+                # Same durability as perfagent's turns: checkpoint once, when the turn ends.
                 await bare.ainvoke({"messages": [HumanMessage(content="why is it slow?")]},
-                                   {"configurable": {"thread_id": f"b{i}"}})
+                                   {"configurable": {"thread_id": f"b{i}"}}, durability="exit")
 
             async def full_turn(i: int) -> None:
                 result = await run_turn("why is it slow?", settings=settings, model=model,
