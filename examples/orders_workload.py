@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.shop import build_database, list_orders  # noqa: E402
+from examples.shop import build_database, list_orders
 
 
 def main(requests: int = 12) -> None:

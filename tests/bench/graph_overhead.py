@@ -26,8 +26,8 @@ from typing import Annotated, Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from langchain_core.messages import AnyMessage  # noqa: E402
-from langgraph.graph.message import add_messages  # noqa: E402
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
 
 
 class BareState(TypedDict):
