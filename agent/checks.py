@@ -69,6 +69,20 @@ def prose(text: str) -> str:
     return _CODE_BLOCK.sub(" ", text)
 
 
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_REFERENCES = re.compile(r"^#{1,6}\s*(sources|references|further reading)\b.*?(?=^#{1,6}\s|\Z)",
+                         re.I | re.M | re.S)
+
+
+def claims(text: str) -> str:
+    """The prose that proposes things: no code, no inline code, no list of sources.
+
+    Citing a caching playbook is not proposing a cache; this is the text in
+    which a proposal would be made.
+    """
+    return _INLINE_CODE.sub(" ", _REFERENCES.sub(" ", prose(text)))
+
+
 def _to_float(raw: str) -> float:
     return float(raw.replace(",", ""))
 
@@ -392,7 +406,7 @@ def check_implementation(data: CheckInput) -> CheckResult:
         if (problem := _code_problem(lang, code))
     ]
     everything = data.draft
-    if _has(_CACHING, text) and not _has(_INVALIDATION, everything):
+    if _has(_CACHING, claims(data.draft)) and not _has(_INVALIDATION, everything):
         problems.append(
             "caching is proposed without invalidation: say how entries expire or are "
             "invalidated (TTL, event-based delete on write, versioned keys)"

@@ -42,9 +42,21 @@ def delegate_runner(settings: Settings, depth: int, table: list[str]) -> Delegat
                             f"delegation depth {depth + 1} exceeds the limit "
                             f"{settings.max_delegation_depth}",
                             "answer with what you have instead of delegating again")
+        from langgraph.config import get_stream_writer
+
+        # Runs inside the parent's tools node: the sub-agent's events go to the
+        # parent's stream (marked with their depth) so a user sees them live.
+        forward = get_stream_writer()
         context = make_context(settings, target, depth=depth + 1)
-        state = await _subagent_graph().ainvoke(
-            {"messages": [HumanMessage(content=task)]}, context=context)
+        state: dict[str, Any] = {}
+        async for mode, chunk in _subagent_graph().astream(
+            {"messages": [HumanMessage(content=task)]}, context=context,
+            stream_mode=["custom", "values"],
+        ):
+            if mode == "custom":
+                forward(chunk)
+            else:
+                state = chunk
         return {
             "persona": target,
             "answer": state.get("answer", ""),

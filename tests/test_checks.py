@@ -184,3 +184,9 @@ def test_revision_feedback_lists_failed_checks_only() -> None:
     text = revision_feedback(results)
     assert "monitoring_included" in text
     assert "regression_prevention" not in text
+
+
+def test_citing_a_caching_playbook_is_not_proposing_a_cache() -> None:
+    draft = ("## Recommendations\nAdd the index; wrap it in a retry with a timeout.\n\n"
+             "## Sources\n- `redis-cache-aside.md` — Redis cache-aside\n")
+    assert check_implementation(data(draft)).status == "pass"
