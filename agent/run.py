@@ -205,10 +205,13 @@ async def thread_history(thread_id: str, *, settings: Settings | None = None,
     settings = settings or Settings()
     async with _checkpointer_scope(settings, checkpointer) as saver:
         snapshot = await _compiled(saver).aget_state({"configurable": {"thread_id": thread_id}})
-    history = []
+    history: list[dict[str, Any]] = []
     for m in snapshot.values.get("messages", []) if snapshot.values else []:
         if isinstance(m, HumanMessage) and m.name != REVISION_SENDER:
             history.append({"role": "user", "content": str(m.content)})
         elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+            # A revised draft replaces the one before it: one answer per turn.
+            if history and history[-1]["role"] == "assistant":
+                history.pop()
             history.append({"role": "assistant", "content": str(m.content)})
     return history

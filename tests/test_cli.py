@@ -184,3 +184,23 @@ def test_personas_list_and_show() -> None:
     assert len(listed) == 6
     shown = json.loads(perfagent("personas", "show", "performance-engineer", "--json").stdout)
     assert shown["targets"][0]["measurement"] == "p95_latency"
+
+
+def test_chat_streams_exits_and_resumes(isolated_state: Path) -> None:
+    import asyncio
+
+    from agent.run import thread_history
+
+    def chat(*args: str, lines: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", "chat", *args], input=lines,
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    first = chat(lines="Our checkout is sluggish, what now?\n/exit\n")
+    assert first.returncode == 0, first.stderr
+    assert "offline engine" in first.stdout and "Measurement plan" in first.stdout
+    thread = first.stdout.split("resume with --thread ", 1)[1].split(")")[0].strip()
+    second = chat("--thread", thread, lines="And the search page?\n/exit\n")
+    assert second.returncode == 0, second.stderr
+    history = asyncio.run(thread_history(thread))
+    users = [h["content"] for h in history if h["role"] == "user"]
+    assert users == ["Our checkout is sluggish, what now?", "And the search page?"]

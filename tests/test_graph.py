@@ -146,3 +146,15 @@ def test_unknown_model_spec_lists_valid_ones(spec: str) -> None:
         return
     with pytest.raises(UnknownModelError, match="valid specs: offline"):
         parse_spec(spec)
+
+
+async def test_history_keeps_one_answer_per_turn() -> None:
+    from agent.run import thread_history
+
+    s = settings()
+    model = ScriptedModel([AIMessage(content=FAILING), AIMessage(content=PASSING)])
+    result = await run_turn("make it fast", settings=s, model=model)
+    history = await thread_history(result.thread_id, settings=s)
+    assert [h["role"] for h in history] == ["user", "assistant"]
+    assert history[1]["content"] == PASSING
+    assert await thread_history("no-such-thread", settings=s) == []
