@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,22 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("PERFAGENT_MODEL", raising=False)
     return state
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose component is missing on a developer's machine; fail it in CI.
+
+    CI (``CI=true``) installs every component in ``.ci/run``, so a missing one
+    there is a broken install step, never a reason to pass silently.
+    """
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}: CI must install it (see .ci/run)")
+    pytest.skip(reason)
+
+
+def require_module(name: str) -> None:
+    """Like ``pytest.importorskip``, but a failure in CI."""
+    try:
+        __import__(name)
+    except ImportError:
+        unavailable(f"the Python package {name!r} is not installed")

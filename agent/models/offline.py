@@ -165,23 +165,43 @@ def _sql_in_function(path: Path, line: int) -> list[str]:
     return found
 
 
+def _sql_at(path: Path, line: int) -> str | None:
+    """The SQL literal of the statement at ``path:line`` (an execute call), if any."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.lineno <= line <= (node.end_lineno or line):
+            for arg in node.args[:1]:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    return " ".join(arg.value.split())
+    return None
+
+
+def _resolve(location: str, script: str) -> tuple[Path, int] | None:
+    """``shop.py:75`` relative to the profiled script's folder -> (path, 75)."""
+    file_part, _, line = location.rpartition(":")
+    if not line.isdigit():
+        return None
+    path = Path(file_part)
+    return (path if path.is_absolute() else Path(script).parent / path), int(line)
+
+
 def _hot_sql(outputs: list[ToolOutput]) -> list[str]:
     """SQL of the code the profiler pointed at: repeated-query sites first, then hotspots."""
     statements: list[str] = []
     for output in outputs:
         if output.name != "profile_python" or not output.ok:
             continue
-        script_dir = Path(output.data.get("script_path") or output.args.get("script", ".")).parent
+        script = str(output.data.get("script") or output.args.get("script", "."))
         locations = [f.get("location") for f in output.data.get("findings", [])
                      if f.get("kind") in ("repeated_query", "n_plus_one", "cpu_hotspot")]
         for location in filter(None, locations):
-            file_part, _, line = str(location).rpartition(":")
-            if not line.isdigit():
+            resolved = _resolve(str(location), script)
+            if resolved is None:
                 continue
-            path = Path(file_part)
-            if not path.is_absolute():
-                path = script_dir / path
-            for sql in _sql_in_function(path, int(line)):
+            for sql in _sql_in_function(*resolved):
                 if sql not in statements:
                     statements.append(sql)
     return statements
@@ -240,6 +260,9 @@ def _measurement(outputs: list[ToolOutput], name: str) -> dict[str, Any] | None:
 def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recommendation]:
     recs: list[Recommendation] = []
     seen_kinds: set[str] = set()
+    # A hotspot is only worth its own advice when nothing more specific explains it.
+    specific = any(f.get("kind") in ("repeated_query", "n_plus_one", "missing_index")
+                   for o in outputs if o.ok for f in o.data.get("findings", []))
     for output in outputs:
         if not output.ok:
             continue
@@ -267,6 +290,8 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
             kind = finding.get("kind")
             if kind in ("repeated_query", "n_plus_one") and "n_plus_one" not in seen_kinds:
                 seen_kinds.add("n_plus_one")
+                resolved = _resolve(str(finding.get("location", "")),
+                                    str(output.data.get("script") or output.args.get("script", ".")))
                 recs.append(Recommendation(
                     title="Collapse the N+1 query loop into one batched query",
                     why=f"{finding.get('summary')} (at `{finding.get('location')}`).",
@@ -276,9 +301,9 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
                     effort="medium: one function rewritten and its tests",
                     roi="high: removes work that grows with the result size",
                     code_lang="python",
-                    code=BATCHED_LOOKUP,
+                    code=batched_lookup(_sql_at(*resolved) if resolved else None),
                 ))
-            elif kind == "cpu_hotspot" and "cpu_hotspot" not in seen_kinds:
+            elif kind == "cpu_hotspot" and "cpu_hotspot" not in seen_kinds and not specific:
                 seen_kinds.add("cpu_hotspot")
                 recs.append(Recommendation(
                     title=f"Optimise the hotspot at `{finding.get('location')}`",
@@ -312,7 +337,51 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
             code_lang="python",
             code=CACHE_ASIDE,
         ))
-    return recs
+    # Ranked by return on effort: a measured, one-migration index first.
+    return sorted(recs, key=lambda r: _RANK.get(r.title, 5))
+
+
+_RANK = {"Add the missing index": 0, "Collapse the N+1 query loop into one batched query": 1}
+
+
+_LOOKUP = re.compile(r"^SELECT (?P<cols>[\w, ]+?) FROM (?P<table>\w+) WHERE (?P<key>\w+) = \?$", re.I)
+
+
+def batched_lookup(sql: str | None) -> str:
+    """Python that replaces a per-row ``SELECT ... WHERE key = ?`` with one ``IN`` query.
+
+    Built from the repeated query itself so the fix names the user's table and
+    columns; a query of another shape gets the general pattern.
+    """
+    match = _LOOKUP.match(sql or "")
+    if not match:
+        return BATCHED_LOOKUP
+    table, key = match["table"], match["key"]
+    columns = [c.strip() for c in match["cols"].split(",")]
+    fields = ", ".join(f'"{c}": row[{i + 1}]' for i, c in enumerate(columns))
+    return f'''\
+import logging
+import sqlite3
+from collections import defaultdict
+
+log = logging.getLogger(__name__)
+
+
+def {table}_by_{key}(conn: sqlite3.Connection, keys: list[int]) -> dict[int, list[dict]]:
+    """All {table} rows for a page of {key}s in one query, instead of one query each."""
+    grouped: dict[int, list[dict]] = defaultdict(list)
+    if not keys:
+        return grouped
+    marks = ",".join("?" * len(keys))
+    sql = f"SELECT {key}, {", ".join(columns)} FROM {table} WHERE {key} IN ({{marks}})"
+    try:
+        for row in conn.execute(sql, keys):
+            grouped[row[0]].append({{{fields}}})
+    except sqlite3.Error:
+        log.exception("batched {table} lookup failed for %d keys", len(keys))
+        raise
+    return grouped
+'''
 
 
 BATCHED_LOOKUP = '''\

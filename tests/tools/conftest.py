@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module, unavailable
+
 HERE = Path(__file__).parent
 
 
@@ -82,10 +84,10 @@ def _pg_bin() -> Path | None:
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A throwaway PostgreSQL server on a loopback port; skipped where unavailable."""
-    pytest.importorskip("psycopg")
+    require_module("psycopg")
     bindir = _pg_bin()
     if bindir is None or not (bindir / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed")
+        unavailable("PostgreSQL server binaries are not installed")
     # Not under pytest's tmp folder: as root that is private, and the server
     # then runs as the postgres account, which must reach its data folder.
     root = Path(tempfile.mkdtemp(prefix="perfagent-pg-"))
@@ -102,10 +104,13 @@ def _pg_cluster(bindir: Path, root: Path) -> Iterator[str]:
     prefix: list[str] = []
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser")
+            unavailable("running as root without runuser")
         prefix = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        shutil.chown(sockets, "postgres")
+        try:
+            shutil.chown(root, "postgres")
+            shutil.chown(sockets, "postgres")
+        except LookupError:
+            unavailable("running as root and there is no postgres account")
     subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
                     "-U", "postgres", "--no-sync", "-E", "UTF8"],
                    check=True, capture_output=True, timeout=60)
@@ -124,14 +129,30 @@ def _pg_cluster(bindir: Path, root: Path) -> Iterator[str]:
             break
         except psycopg.OperationalError:
             if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.skip("the throwaway PostgreSQL server did not start")
+                _stop(server, data)
+                unavailable("the throwaway PostgreSQL server did not start")
             time.sleep(0.2)
     try:
         yield dsn
     finally:
-        server.send_signal(signal.SIGINT)  # a "fast" shutdown of our own cluster
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        _stop(server, data)
+
+
+def _stop(server: subprocess.Popen[bytes], data: Path) -> None:
+    """Shut our cluster down fast: SIGINT to its postmaster, SIGKILL if it lingers.
+
+    The postmaster's pid comes from its pid file, because runuser (used when
+    running as root) does not pass SIGINT on.
+    """
+    postmaster: int | None = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        if postmaster is not None:
+            with contextlib.suppress(OSError):
+                os.kill(postmaster, sig)
+        try:
             server.wait(timeout=10)
-        if server.poll() is None:
+            return
+        except subprocess.TimeoutExpired:
             server.kill()

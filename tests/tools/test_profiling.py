@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from tools import get_tool, profiling
 from tools.base import ToolError
 from tools.profiling import ProfileInput, run
@@ -244,8 +245,9 @@ async def test_py_spy_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     assert "pip install py-spy" in err.value.hint
 
 
-@pytest.mark.skipif(profiling._py_spy() is None, reason="py-spy is not installed")
 async def test_py_spy_samples_a_running_process(workspace: Path) -> None:
+    if profiling._py_spy() is None:
+        unavailable("py-spy is not installed")
     script = write(workspace, "spin.py", """\
         import time
 
@@ -264,7 +266,7 @@ async def test_py_spy_samples_a_running_process(workspace: Path) -> None:
         result = await run(ProfileInput(pid=proc.pid, duration=1))
     except ToolError as exc:
         if exc.code == "sampling_failed" and shutil.which("py-spy") is None:
-            pytest.skip(f"py-spy cannot sample here: {exc}")
+            unavailable(f"py-spy cannot sample here: {exc}")
         raise
     finally:
         proc.kill()

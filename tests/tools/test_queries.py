@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
 from tools import get_tool
 from tools.base import ToolError
 from tools.queries import QueryInput, query_shape, read_only_statement, run, suggest_index
@@ -229,7 +230,7 @@ async def test_postgres_without_psycopg_is_a_clear_error(monkeypatch: pytest.Mon
 
 
 async def test_postgres_remote_host_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("psycopg")
+    require_module("psycopg")
     monkeypatch.delenv("PERFAGENT_ALLOWED_HOSTS", raising=False)
     with pytest.raises(ToolError) as err:
         await run(QueryInput(database="postgresql://u:pw@10.1.2.3:5432/db", sql="SELECT 1"))

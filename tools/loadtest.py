@@ -1,0 +1,1034 @@
+"""``load_test``: an HTTP load generator that measures latency honestly.
+
+Two load models:
+
+* **open model** (``rate``, the default): requests are sent at a fixed or
+  ramping *arrival rate*, whatever the server does. Each request's latency is
+  timed from its *intended* send time, so when the server stalls, the requests
+  that should have gone out during the stall carry the waiting in their
+  latency. A closed-loop tester would just send fewer requests and report a
+  healthy p95 ("coordinated omission").
+* **closed model** (``vus``): N virtual users each send a request, wait for the
+  answer, and send the next. Useful for "how fast can it go", but it hides
+  stalls; the result says so.
+
+Every latency is kept and percentiles are exact (no histogram buckets, no
+sampling). The generator watches itself: if it cannot send on schedule
+(scheduling lag, or the in-flight cap is hit) the result says
+``generator_saturated`` so nobody trusts numbers the generator distorted.
+
+Safety: the URL must be loopback or in ``PERFAGENT_ALLOWED_HOSTS``; this is
+checked before any connection is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tools.base import (
+    Finding,
+    Measurement,
+    ProgressCallback,
+    ToolError,
+    ToolResult,
+    ToolSpec,
+    check_target_url,
+)
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when a test runs; annotations only here
+
+#: Longest test one call may run; longer soaks belong to a dedicated tool run.
+MAX_DURATION_S = 300.0
+#: A request sent later than this after its intended time counts as "late".
+LATE_THRESHOLD_S = 0.010
+#: More than this fraction of late requests means the generator, not the
+#: server, shaped the numbers.
+LATE_FRACTION_LIMIT = 0.01
+#: ... and lateness whose p99 is above this share of the p99 latency.
+LAG_SHARE_LIMIT = 0.10
+DEFAULT_RATE = 20.0
+PROGRESS_EVERY_S = 0.5
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from ``12``, ``12.5``, ``"30s"``, ``"2m"``, ``"1m30s"`` or ``"500ms"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ValueError(
+                    f"duration {value!r} is not understood; use seconds (10, 2.5) "
+                    "or a string such as '30s', '2m', '1m30s', '500ms'"
+                ) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"duration {value!r} must be positive")
+    return seconds
+
+
+# --------------------------------------------------------------------------- input
+
+
+class Stage(BaseModel):
+    """One k6-style stage: move linearly to ``target`` over ``duration``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: float | str = Field(description='stage length: seconds or "30s", "2m"')
+    target: float = Field(
+        ge=0,
+        description="request rate (req/s) reached at the end of the stage in the open "
+        "model, or the number of virtual users in the closed model",
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: float | str) -> float:
+        return parse_duration(value)
+
+
+class LoadTestInput(BaseModel):
+    """What to load-test and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="target URL; loopback or an operator-allowed host only")
+    method: str = Field(default="GET", description="HTTP method")
+    rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="open model: constant arrival rate in requests/second (latency is "
+        "timed from each request's intended send time). Default 20 when neither rate "
+        "nor vus is given. With stages, the starting rate (k6 startRate; default 0).",
+    )
+    vus: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="closed model: number of virtual users, each sending its next "
+        "request when the previous one answers (hides server stalls)",
+    )
+    duration: float | str = Field(
+        default=10.0,
+        description='test length: seconds or "30s", "2m"; capped at 300 s. '
+        "Ignored when stages are given (their durations add up).",
+    )
+    stages: list[Stage] | None = Field(
+        default=None,
+        description="k6-style ramp: [{duration, target}], each moving the arrival rate "
+        "(or the number of vus in the closed model) linearly to target",
+    )
+    thresholds: list[str] = Field(
+        default_factory=list,
+        description='k6-style pass/fail criteria, latencies in ms: "p(95)<200", '
+        '"p(99)<=500", "avg<100", "med<50", "max<1000", "http_req_duration p(95)<200", '
+        '"http_req_failed rate<0.01", "http_reqs rate>=100"',
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers")
+    body: str | None = Field(default=None, description="request body (e.g. JSON text)")
+    timeout: float = Field(default=10.0, gt=0, le=120, description="per-request timeout, s")
+    max_in_flight: int = Field(
+        default=1000,
+        ge=1,
+        le=20_000,
+        description="open model: cap on concurrent requests (and connections)",
+    )
+    emit_locustfile: bool = Field(
+        default=False,
+        description="also return an equivalent Locust file, for loads beyond one machine",
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: float | str) -> float:
+        return parse_duration(value)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        method = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]+", method):
+            raise ValueError(f"{value!r} is not an HTTP method")
+        return method
+
+    @model_validator(mode="after")
+    def _one_model(self) -> LoadTestInput:
+        if self.rate is not None and self.vus is not None:
+            raise ValueError("give either rate (open model) or vus (closed model), not both")
+        if self.stages is not None and not self.stages:
+            raise ValueError("stages, when given, must hold at least one stage")
+        return self
+
+
+# --------------------------------------------------------------------------- thresholds
+
+_THRESHOLD = re.compile(
+    r"^\s*(?:(?P<metric>http_req_duration|http_req_failed|http_reqs)\s*:?\s*)?"
+    r"(?P<stat>p\(\s*(?P<pct>\d+(?:\.\d+)?)\s*\)|avg|mean|med|min|max|rate|count)"
+    r"\s*(?P<op><=|>=|==|<|>)\s*(?P<limit>-?\d+(?:\.\d+)?)\s*(?:ms)?\s*$",
+    re.IGNORECASE,
+)
+
+ACCEPTED_THRESHOLDS = (
+    '"p(95)<200", "p(99)<=500", "avg<100", "med<50", "min<5", "max<1000" '
+    '(milliseconds; optionally prefixed "http_req_duration "), '
+    '"http_req_failed rate<0.01" (fraction of failed requests), '
+    '"http_reqs rate>=100" (req/s) or "http_reqs count>=1000"'
+)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A parsed threshold expression."""
+
+    expression: str
+    metric: str  # http_req_duration | http_req_failed | http_reqs
+    stat: str  # p | avg | med | min | max | rate | count
+    percentile: float | None
+    op: str
+    limit: float
+
+    @property
+    def budget(self) -> str:
+        return f"{self.op}{_fmt(self.limit)}"
+
+
+def parse_threshold(expression: str) -> Threshold:
+    """Parse one k6-style threshold; ToolError ``invalid_threshold`` when malformed."""
+    match = _THRESHOLD.match(expression)
+
+    def bad(reason: str) -> ToolError:
+        return ToolError(
+            "invalid_threshold",
+            f"threshold {expression!r} {reason}",
+            f"accepted forms: {ACCEPTED_THRESHOLDS}",
+        )
+
+    if not match:
+        raise bad("is not understood")
+    stat = match.group("stat").lower()
+    pct: float | None = None
+    if stat.startswith("p("):
+        pct = float(match.group("pct"))
+        stat = "p"
+        if not 0 < pct <= 100:
+            raise bad("has a percentile outside (0, 100]")
+    stat = {"mean": "avg"}.get(stat, stat)
+    metric = (match.group("metric") or "").lower()
+    if not metric:
+        if stat in ("rate", "count"):
+            raise bad('needs a metric: write "http_req_failed rate<0.01" or "http_reqs rate>100"')
+        metric = "http_req_duration"
+    allowed = {
+        "http_req_duration": {"p", "avg", "med", "min", "max"},
+        "http_req_failed": {"rate"},
+        "http_reqs": {"rate", "count"},
+    }[metric]
+    if stat not in allowed:
+        raise bad(f"uses {stat!r}, which {metric} does not have")
+    return Threshold(expression.strip(), metric, stat, pct, match.group("op"),
+                     float(match.group("limit")))
+
+
+# --------------------------------------------------------------------------- result
+
+
+class LatencyStats(BaseModel):
+    """Exact latency statistics over every request, in milliseconds."""
+
+    count: int
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+
+class ThresholdResult(BaseModel):
+    """One threshold and how the run fared against it."""
+
+    expression: str
+    metric: str
+    observed: float | None = Field(description="the measured value in the threshold's unit")
+    passed: bool
+
+
+class LoadTestResult(ToolResult):
+    """What the load test measured."""
+
+    tool: str = "load_test"
+    url: str
+    method: str
+    model: Literal["open", "closed"]
+    rate: float | None = Field(default=None, description="target arrival rate (open model)")
+    vus: int | None = None
+    planned_duration_s: float
+    elapsed_s: float = Field(description="from the first intended send to the last answer")
+    requests: int = Field(description="requests sent (the probe request not included)")
+    errors: int = Field(description="non-2xx/3xx answers plus requests that failed outright")
+    error_rate: float = Field(description="errors / requests, in %")
+    throughput: float = Field(description="answered requests per second")
+    status_counts: dict[str, int] = Field(default_factory=dict)
+    error_kinds: dict[str, int] = Field(default_factory=dict,
+                                        description="exceptions by kind, e.g. timeout")
+    bytes_received: int = 0
+    latency_ms: LatencyStats | None = None
+    thresholds: list[ThresholdResult] = Field(default_factory=list)
+    generator_saturated: bool = Field(
+        default=False,
+        description="the generator could not keep the schedule (> 1% of requests sent "
+        "> 10 ms late with a lag p99 above 10% of the latency p99, or the in-flight cap "
+        "was hit): the latencies include its own delay",
+    )
+    scheduling_lag_p99_ms: float | None = Field(
+        default=None, description="open model: p99 of (actual - intended) send time"
+    )
+    late_fraction: float | None = Field(
+        default=None, description="open model: share of requests sent > 10 ms late, in %"
+    )
+    in_flight_cap_hit: bool = False
+    notes: list[str] = Field(default_factory=list)
+    locustfile: str | None = None
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def _segments(inp: LoadTestInput) -> list[tuple[float, float, float]]:
+    """Piecewise-linear arrival rate: [(duration_s, rate_at_start, rate_at_end)]."""
+    if inp.stages:
+        segments = []
+        rate = inp.rate or 0.0
+        for stage in inp.stages:
+            duration = float(stage.duration)
+            segments.append((duration, rate, stage.target))
+            rate = stage.target
+        return segments
+    rate = inp.rate if inp.rate is not None else DEFAULT_RATE
+    return [(float(inp.duration), rate, rate)]
+
+
+def _clip_segments(
+    segments: list[tuple[float, float, float]], cap: float
+) -> list[tuple[float, float, float]]:
+    """Cut the plan at ``cap`` seconds, interpolating the rate where it is cut."""
+    out: list[tuple[float, float, float]] = []
+    left = cap
+    for duration, r0, r1 in segments:
+        if left <= 0:
+            break
+        if duration <= left:
+            out.append((duration, r0, r1))
+            left -= duration
+        else:
+            out.append((left, r0, r0 + (r1 - r0) * left / duration))
+            left = 0
+    return out
+
+
+def send_offsets(segments: list[tuple[float, float, float]]) -> Iterator[float]:
+    """Intended send times (seconds from start) of requests 0, 1, 2, ...
+
+    Request i goes out when the integral of the arrival rate reaches i. Over a
+    segment whose rate moves linearly from r0 to r1 in D seconds, the count is
+    N(t) = r0*t + a*t^2/2 with a = (r1 - r0)/D; solving for t in the form
+    2m / (r0 + sqrt(r0^2 + 2am)) stays exact for ramps up, down and from zero.
+    """
+    start = 0.0
+    count_at_start = 0.0
+    for duration, r0, r1 in segments:
+        total = (r0 + r1) / 2 * duration
+        accel = (r1 - r0) / duration
+        i = math.ceil(count_at_start - 1e-9)
+        while i < count_at_start + total - 1e-9:
+            m = i - count_at_start
+            if m <= 0:
+                offset = 0.0
+            else:
+                disc = max(r0 * r0 + 2 * accel * m, 0.0)
+                offset = 2 * m / (r0 + math.sqrt(disc))
+            yield start + min(offset, duration)
+            i += 1
+        start += duration
+        count_at_start += total
+
+
+def _vus_at(segments: list[tuple[float, float, float]], t: float) -> float:
+    """The ramped number of virtual users at ``t`` seconds (closed model with stages)."""
+    for duration, r0, r1 in segments:
+        if t < duration:
+            return r0 + (r1 - r0) * t / duration
+        t -= duration
+    return segments[-1][2] if segments else 0.0
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Exact percentile by linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * pct / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}" if abs(value) < 1e6 else f"{value:.0f}"
+
+
+@dataclass
+class _Tally:
+    """Everything the request coroutines record; plain lists for speed."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, every request
+    lags: list[float] = field(default_factory=list)  # seconds, open model only
+    statuses: dict[int, int] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    answered: int = 0
+    errors: int = 0
+    bytes_received: int = 0
+    cap_hits: int = 0
+    first_send: float | None = None
+    last_done: float = 0.0
+
+
+# --------------------------------------------------------------------------- engine
+
+
+async def _probe(inp: LoadTestInput) -> None:
+    """One request before the load: an unreachable target fails fast and clearly."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=inp.timeout)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(inp.method, inp.url, headers=inp.headers,
+                            data=_body_bytes(inp)) as resp,
+        ):
+            await resp.read()
+    except aiohttp.ClientConnectorError as exc:
+        raise ToolError(
+            "target_unreachable",
+            f"cannot connect to {inp.url}: {exc.os_error or exc}",
+            "start the server first and check host and port (is it listening on "
+            "that address?)",
+        ) from None
+    except TimeoutError:
+        raise ToolError(
+            "target_unreachable",
+            f"{inp.url} accepted no request within {inp.timeout:g} s",
+            "the server may be hung or overloaded; check it, or raise timeout",
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise ToolError(
+            "target_unreachable",
+            f"the probe request to {inp.url} failed: {type(exc).__name__}: {exc}",
+            "check that the URL serves HTTP",
+        ) from None
+
+
+def _body_bytes(inp: LoadTestInput) -> bytes | None:
+    return inp.body.encode() if inp.body is not None else None
+
+
+class _Generator:
+    """Runs the load in its own event loop (on a worker thread).
+
+    A private loop keeps the measurement away from whatever else the caller's
+    loop is doing (a busy caller would otherwise show up as scheduling lag),
+    and keeps the caller responsive during a long test.
+    """
+
+    def __init__(self, inp: LoadTestInput, segments: list[tuple[float, float, float]],
+                 duration: float, report: Callable[[float, str], None] | None,
+                 stop: threading.Event) -> None:
+        self.inp = inp
+        self.segments = segments
+        self.duration = duration
+        self.report = report
+        self.stop = stop
+        self.tally = _Tally()
+        self.body = _body_bytes(inp)
+        self.open_model = inp.vus is None
+        self.session: aiohttp.ClientSession | None = None
+
+    def run(self) -> _Tally:
+        asyncio.run(self._main())
+        return self.tally
+
+    async def _main(self) -> None:
+        import aiohttp
+
+        limit = self.inp.max_in_flight if self.open_model else (self.inp.vus or 1) + 1
+        if not self.open_model and self.inp.stages:
+            limit = int(max(s[2] for s in self.segments)) + 1
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit,
+                                         ttl_dns_cache=300, enable_cleanup_closed=False)
+        timeout = aiohttp.ClientTimeout(total=self.inp.timeout)
+        headers = {"User-Agent": "perfagent-load-test", **self.inp.headers}
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         headers=headers, auto_decompress=False,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
+            self.session = session
+            start = time.perf_counter() + 0.005
+            reporter = asyncio.create_task(self._progress(start))
+            try:
+                if self.open_model:
+                    await self._open(start)
+                else:
+                    await self._closed(start)
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+
+    async def _request(self) -> tuple[int | None, str | None]:
+        """Send one request; return (status, exception kind)."""
+        import aiohttp
+
+        try:
+            assert self.session is not None
+            resp = await self.session.request(self.inp.method, self.inp.url, data=self.body)
+            try:
+                payload = await resp.read()
+            finally:
+                resp.release()
+            self.tally.bytes_received += len(payload)
+            return resp.status, None
+        except TimeoutError:
+            return None, "timeout"
+        except aiohttp.ClientError as exc:
+            return None, type(exc).__name__
+        except Exception as exc:  # any other failure is still a failed request to count
+            return None, type(exc).__name__
+
+    def _record(self, started: float, status: int | None, kind: str | None) -> None:
+        """Count one finished request whose latency clock started at ``started``."""
+        now = time.perf_counter()
+        tally = self.tally
+        tally.latencies.append(now - started)
+        tally.last_done = now
+        if status is not None:
+            tally.answered += 1
+            tally.statuses[status] = tally.statuses.get(status, 0) + 1
+            if status >= 400:
+                tally.errors += 1
+        else:
+            tally.errors += 1
+            assert kind is not None
+            tally.error_kinds[kind] = tally.error_kinds.get(kind, 0) + 1
+
+    # -- open model
+
+    async def _open(self, start: float) -> None:
+        sem = asyncio.Semaphore(self.inp.max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+        tally = self.tally
+        loop = asyncio.get_running_loop()
+
+        async def one(intended: float) -> None:
+            tally.lags.append(time.perf_counter() - intended)
+            try:
+                status, kind = await self._request()
+                # The clock started at the intended send time: time spent
+                # waiting for the generator or the server counts (no
+                # coordinated omission).
+                self._record(intended, status, kind)
+            finally:
+                sem.release()
+
+        tally.first_send = start
+        perf = time.perf_counter
+        for offset in send_offsets(self.segments):
+            if self.stop.is_set():
+                break
+            intended = start + offset
+            delay = intended - perf()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif tally.sent % 64 == 0:
+                # Behind schedule: still let the request tasks run now and then.
+                await asyncio.sleep(0)
+            if sem.locked():
+                tally.cap_hits += 1
+            await sem.acquire()
+            tally.sent += 1
+            task = loop.create_task(one(intended))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await self._drain(tasks)
+
+    async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Let in-flight requests finish (each is bounded by its own timeout)."""
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(set(tasks), timeout=self.inp.timeout + 2.0)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            self.tally.errors += len(pending)
+            self.tally.error_kinds["unfinished"] = len(pending)
+
+    # -- closed model
+
+    async def _closed(self, start: float) -> None:
+        deadline = start + self.duration
+        tally = self.tally
+        tally.first_send = start
+        ramp = bool(self.inp.stages)
+        workers = int(max(s[2] for s in self.segments)) if ramp else (self.inp.vus or 1)
+        perf = time.perf_counter
+
+        async def user(index: int) -> None:
+            await asyncio.sleep(max(start - perf(), 0))
+            while not self.stop.is_set():
+                now = perf()
+                if now >= deadline:
+                    return
+                if ramp and _vus_at(self.segments, now - start) <= index:
+                    await asyncio.sleep(0.02)  # this user is not active at this point
+                    continue
+                tally.sent += 1
+                status, kind = await self._request()
+                self._record(now, status, kind)
+
+        await asyncio.gather(*(user(i) for i in range(workers)))
+
+    async def _progress(self, start: float) -> None:
+        if self.report is None:
+            return
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            tally = self.tally
+            self.report(
+                min(elapsed / self.duration, 1.0),
+                f"{tally.sent} sent, {tally.errors} errors, "
+                f"{tally.answered / elapsed:.0f} req/s answered",
+            )
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _observed(th: Threshold, stats: LatencyStats | None, lat_sorted: list[float],
+              error_fraction: float, throughput: float, requests: int) -> float | None:
+    if th.metric == "http_req_failed":
+        return error_fraction
+    if th.metric == "http_reqs":
+        return throughput if th.stat == "rate" else float(requests)
+    if stats is None:
+        return None
+    if th.stat == "p":
+        assert th.percentile is not None
+        return percentile(lat_sorted, th.percentile)
+    return {"avg": stats.mean, "med": stats.p50, "min": stats.min, "max": stats.max}[th.stat]
+
+
+def _measurement_name(th: Threshold) -> str:
+    if th.metric == "http_req_failed":
+        return "error_rate"
+    if th.metric == "http_reqs":
+        return "throughput" if th.stat == "rate" else "requests"
+    if th.stat == "p":
+        assert th.percentile is not None
+        return f"p{_fmt(th.percentile).replace('.', '_')}_latency"
+    return {"avg": "mean_latency", "med": "p50_latency", "min": "min_latency",
+            "max": "max_latency"}[th.stat]
+
+
+def _compare(value: float, op: str, limit: float) -> bool:
+    return {"<": value < limit, "<=": value <= limit, ">": value > limit,
+            ">=": value >= limit, "==": value == limit}[op]
+
+
+async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> LoadTestResult:
+    """Send the load, time every request, and report exact percentiles and findings."""
+    # Safety and input checks come before any traffic, the probe included.
+    check_target_url(inp.url)
+    thresholds = [parse_threshold(t) for t in inp.thresholds]
+
+    notes: list[str] = []
+    segments = _segments(inp)
+    planned = sum(s[0] for s in segments)
+    if planned > MAX_DURATION_S:
+        notes.append(f"planned {planned:g} s was cut to the {MAX_DURATION_S:g} s limit")
+        segments = _clip_segments(segments, MAX_DURATION_S)
+        planned = MAX_DURATION_S
+    if inp.vus is None and sum((r0 + r1) / 2 * d for d, r0, r1 in segments) < 1:
+        raise ToolError("invalid_input", "the planned load sends no request",
+                        "give a rate above zero or stages with a target above zero")
+    if inp.vus is not None and inp.stages and max(s[2] for s in segments) < 1:
+        raise ToolError("invalid_input", "the stages never reach one virtual user",
+                        "give stages with a target of at least 1")
+
+    await _probe(inp)
+
+    report: Callable[[float, str], None] | None = None
+    if progress is not None:
+        caller_loop = asyncio.get_running_loop()
+        callback = progress
+
+        def report(fraction: float, text: str) -> None:
+            # The generator runs on its own thread; hand progress back to the
+            # caller's loop, where its callback expects to run.
+            caller_loop.call_soon_threadsafe(callback, fraction, text)
+
+    stop = threading.Event()
+    generator = _Generator(inp, segments, planned, report, stop)
+    try:
+        tally = await asyncio.to_thread(generator.run)
+    except asyncio.CancelledError:
+        stop.set()  # the worker thread ends its test early instead of running on
+        raise
+    except Exception as exc:  # e.g. aiohttp refusing a header: report, do not crash
+        raise ToolError("load_failed", f"the load generator failed: {type(exc).__name__}: "
+                        f"{exc}", "check the method, headers and body") from exc
+    result = _build_result(inp, tally, thresholds, segments, planned, notes)
+    if progress is not None:
+        progress(1.0, result.summary.splitlines()[0])
+    return result
+
+
+def _build_result(inp: LoadTestInput, tally: _Tally, thresholds: list[Threshold],
+                  segments: list[tuple[float, float, float]], planned: float,
+                  notes: list[str]) -> LoadTestResult:
+    open_model = inp.vus is None
+    requests = len(tally.latencies)
+    elapsed = max(tally.last_done - (tally.first_send or tally.last_done), 1e-9)
+    throughput = tally.answered / elapsed if requests else 0.0
+    error_fraction = tally.errors / requests if requests else 0.0
+    lat_sorted = sorted(x * 1000.0 for x in tally.latencies)
+    stats: LatencyStats | None = None
+    if lat_sorted:
+        stats = LatencyStats(
+            count=len(lat_sorted),
+            min=lat_sorted[0],
+            mean=sum(lat_sorted) / len(lat_sorted),
+            p50=percentile(lat_sorted, 50),
+            p90=percentile(lat_sorted, 90),
+            p95=percentile(lat_sorted, 95),
+            p99=percentile(lat_sorted, 99),
+            max=lat_sorted[-1],
+        )
+
+    lag_p99: float | None = None
+    late_pct: float | None = None
+    saturated = lag_matters = False
+    if open_model and tally.lags:
+        lags = sorted(tally.lags)
+        lag_p99 = percentile(lags, 99) * 1000.0
+        late = len(lags) - _count_below(lags, LATE_THRESHOLD_S)
+        late_pct = 100.0 * late / len(lags)
+        # Lateness matters when it is frequent AND big next to the latencies
+        # it would distort: a 20 ms hiccup while answers take 300 ms (a burst
+        # of replies after a server stall) does not make the p99 false.
+        p99_latency = stats.p99 if stats is not None else 0.0
+        lag_matters = lag_p99 > LAG_SHARE_LIMIT * p99_latency
+        frequent = late_pct > LATE_FRACTION_LIMIT * 100
+        saturated = (frequent and lag_matters) or tally.cap_hits > 0
+        if frequent and not lag_matters:
+            notes.append(f"the generator sent {late_pct:.1f}% of requests > 10 ms late "
+                         f"(lag p99 {lag_p99:.1f} ms), small next to the p99 latency of "
+                         f"{p99_latency:.1f} ms")
+
+    target = inp.url
+    measurements: list[Measurement] = []
+    by_name: dict[str, Measurement] = {}
+
+    def add(name: str, value: float, unit: str) -> None:
+        m = Measurement(name=name, value=round(value, 3), unit=unit, source="load_test",
+                        target=target)
+        measurements.append(m)
+        by_name[name] = m
+
+    if stats is not None:
+        add("p50_latency", stats.p50, "ms")
+        add("p90_latency", stats.p90, "ms")
+        add("p95_latency", stats.p95, "ms")
+        add("p99_latency", stats.p99, "ms")
+        add("max_latency", stats.max, "ms")
+        add("mean_latency", stats.mean, "ms")
+    add("throughput", throughput, "req/s")
+    add("error_rate", 100.0 * error_fraction, "%")
+
+    threshold_results: list[ThresholdResult] = []
+    findings: list[Finding] = []
+    for th in thresholds:
+        observed = _observed(th, stats, lat_sorted, error_fraction, throughput, requests)
+        passed = observed is not None and _compare(observed, th.op, th.limit)
+        threshold_results.append(ThresholdResult(
+            expression=th.expression, metric=th.metric,
+            observed=None if observed is None else round(observed, 4), passed=passed))
+        name = _measurement_name(th)
+        if name not in by_name and observed is not None:
+            unit = {"requests": "count", "throughput": "req/s"}.get(name, "ms")
+            add(name, observed, unit)
+        m = by_name.get(name)
+        # error_rate is reported in %, the k6 threshold as a fraction: convert.
+        budget = (f"{th.op}{_fmt(th.limit * 100)}" if th.metric == "http_req_failed"
+                  else th.budget)
+        if m is not None and (m.budget is None or (m.passed and not passed)):
+            m.budget, m.passed = budget, passed
+        if not passed and th.metric == "http_req_duration":
+            shown = "n/a" if observed is None else f"{observed:.1f} ms"
+            findings.append(Finding(
+                kind="latency_budget_exceeded", severity="high",
+                summary=f"{name.replace('_', ' ')} {shown} breaks the threshold "
+                        f"{th.expression}",
+                location=target, evidence=_evidence(inp, stats, requests)))
+        elif not passed:
+            findings.append(Finding(
+                kind="threshold_failed", severity="medium",
+                summary=f"threshold {th.expression} failed (observed "
+                        f"{'n/a' if observed is None else _fmt(round(observed, 4))})",
+                location=target))
+
+    if requests and error_fraction > 0.01:
+        kinds = {**{str(k): v for k, v in tally.statuses.items() if k >= 400},
+                 **tally.error_kinds}
+        findings.append(Finding(
+            kind="errors", severity="high" if error_fraction > 0.05 else "medium",
+            summary=f"{100 * error_fraction:.1f}% of {requests} requests failed",
+            location=target, evidence=", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))))
+    if saturated:
+        why = []
+        if late_pct is not None and late_pct > LATE_FRACTION_LIMIT * 100 and lag_matters:
+            why.append(f"{late_pct:.1f}% of requests left > 10 ms late "
+                       f"(scheduling lag p99 {lag_p99:.1f} ms)")
+        if tally.cap_hits:
+            why.append(f"the in-flight cap of {inp.max_in_flight} was hit "
+                       f"{tally.cap_hits} times")
+        findings.append(Finding(
+            kind="generator_saturated", severity="high",
+            summary="the load generator could not keep the schedule; latencies include "
+                    "its own delay and the target rate was not really offered",
+            location=target, evidence="; ".join(why)))
+    if not open_model:
+        notes.append("closed model (vus): each user waits for its previous answer, so "
+                     "server stalls are under-counted; use rate for latency SLOs")
+    if tally.error_kinds.get("unfinished"):
+        notes.append(f"{tally.error_kinds['unfinished']} requests were still open after "
+                     "the timeout grace period and were counted as errors")
+
+    if stats is not None:
+        line1 = (f"{requests} requests in {elapsed:.1f} s ({throughput:.0f} req/s answered); "
+                 f"p50 {stats.p50:.1f} ms, p95 {stats.p95:.1f} ms, p99 {stats.p99:.1f} ms, "
+                 f"max {stats.max:.1f} ms; errors {100 * error_fraction:.2f}%")
+    else:
+        line1 = "no request completed"
+    lines = [line1]
+    if thresholds:
+        failed = [t.expression for t in threshold_results if not t.passed]
+        lines.append(f"thresholds: {len(thresholds) - len(failed)}/{len(thresholds)} passed"
+                     + (f" (failed: {', '.join(failed)})" if failed else ""))
+    if saturated:
+        lines.append("WARNING: generator saturated; do not trust these latencies")
+
+    # the target rate: the constant one, or the peak of a ramp
+    rate = max(max(r0, r1) for _, r0, r1 in segments) if open_model else None
+    return LoadTestResult(
+        ok=True,
+        summary="\n".join(lines),
+        measurements=measurements,
+        findings=findings,
+        url=inp.url,
+        method=inp.method,
+        model="open" if open_model else "closed",
+        rate=rate,
+        vus=None if open_model else (inp.vus or int(max(s[2] for s in segments))),
+        planned_duration_s=planned,
+        elapsed_s=round(elapsed, 3),
+        requests=requests,
+        errors=tally.errors,
+        error_rate=round(100.0 * error_fraction, 4),
+        throughput=round(throughput, 2),
+        status_counts={str(k): v for k, v in sorted(tally.statuses.items())},
+        error_kinds=dict(tally.error_kinds),
+        bytes_received=tally.bytes_received,
+        latency_ms=stats,
+        thresholds=threshold_results,
+        generator_saturated=saturated,
+        scheduling_lag_p99_ms=None if lag_p99 is None else round(lag_p99, 3),
+        late_fraction=None if late_pct is None else round(late_pct, 3),
+        in_flight_cap_hit=tally.cap_hits > 0,
+        notes=notes,
+        locustfile=locustfile(inp) if inp.emit_locustfile else None,
+    )
+
+
+def _count_below(sorted_values: list[float], limit: float) -> int:
+    import bisect
+
+    return bisect.bisect_right(sorted_values, limit)
+
+
+def _evidence(inp: LoadTestInput, stats: LatencyStats | None, requests: int) -> str:
+    if stats is None:
+        return "no request completed"
+    model = f"vus={inp.vus}" if inp.vus else "open model"
+    return (f"{requests} requests ({model}): p50 {stats.p50:.1f} ms, p95 {stats.p95:.1f} ms, "
+            f"p99 {stats.p99:.1f} ms, max {stats.max:.1f} ms")
+
+
+# --------------------------------------------------------------------------- locust
+
+
+def locustfile(inp: LoadTestInput) -> str:
+    """An equivalent Locust file, for spreading the same load over several machines.
+
+    Locust is closed-model at heart; the open model is approximated with
+    ``constant_throughput`` per user, and stages become a ``LoadTestShape``.
+    Thresholds are checked when the run ends and set the exit code.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(inp.url)
+    host = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path or "/"
+    if parts.query:
+        path += f"?{parts.query}"
+    segments = _segments(inp)
+    open_model = inp.vus is None
+    if open_model:
+        peak = max(max(r0, r1) for _, r0, r1 in segments)
+        per_user = 10.0  # each user paces itself to this many req/s
+        users = max(1, math.ceil(peak / per_user))
+        wait = f"constant_throughput({per_user:g})"
+    else:
+        users = inp.vus or int(max(s[2] for s in segments))
+        wait = "constant(0)"
+    lines = [
+        '"""Generated by perfagent load_test: the same load, for Locust.',
+        "",
+        f"Run: locust -f locustfile.py --headless --host {host} "
+        f"-u {users} -r {users} -t {math.ceil(sum(s[0] for s in segments))}s",
+        '"""',
+        "",
+        "from locust import LoadTestShape, constant, constant_throughput, events, task",
+        "from locust.contrib.fasthttp import FastHttpUser",
+        "",
+        f"HEADERS = {dict(inp.headers)!r}",
+        f"BODY = {inp.body!r}",
+        f"THRESHOLDS = {list(inp.thresholds)!r}",
+        "",
+        "",
+        "class Target(FastHttpUser):",
+        f"    wait_time = {wait}",
+        f"    network_timeout = {inp.timeout!r}",
+        f"    connection_timeout = {inp.timeout!r}",
+        "",
+        "    @task",
+        "    def hit(self) -> None:",
+        f"        self.client.request({inp.method!r}, {path!r}, headers=HEADERS, data=BODY)",
+    ]
+    if inp.stages:
+        # Locust shapes speak users; the open model's rate maps to users at the
+        # per-user pace chosen above.
+        scale = (1 / 10.0) if open_model else 1.0
+        stages, t = [], 0.0
+        for duration, _r0, r1 in segments:
+            t += duration
+            stages.append((round(t, 3), max(1, math.ceil(r1 * scale))))
+        lines += [
+            "",
+            "",
+            "class Ramp(LoadTestShape):",
+            "    # (end time in s, users), linear ramps approximated by steps",
+            f"    stages = {stages!r}",
+            "",
+            "    def tick(self):",
+            "        run_time = self.get_run_time()",
+            "        for end, users in self.stages:",
+            "            if run_time < end:",
+            "                return users, max(users, 1)",
+            "        return None",
+        ]
+    lines += [
+        "",
+        "",
+        "@events.quitting.add_listener",
+        "def check_thresholds(environment, **_kwargs):",
+        "    stats = environment.stats.total",
+        "    observed = {",
+        "        'avg': stats.avg_response_time, 'med': stats.median_response_time,",
+        "        'min': stats.min_response_time, 'max': stats.max_response_time,",
+        "        'rate': stats.fail_ratio,",
+        "    }",
+        "    for expr in THRESHOLDS:",
+        "        name, op, limit = _split(expr)",
+        "        if name.startswith('p('):",
+        "            value = stats.get_response_time_percentile(float(name[2:-1]) / 100)",
+        "        elif expr.startswith('http_reqs'):",
+        "            value = stats.total_rps if name == 'rate' else stats.num_requests",
+        "        else:",
+        "            value = observed[name]",
+        "        ok = {'<': value < limit, '<=': value <= limit, '>': value > limit,",
+        "              '>=': value >= limit, '==': value == limit}[op]",
+        "        print(f'threshold {expr}: observed {value} -> {\"ok\" if ok else \"FAILED\"}')",
+        "        if not ok:",
+        "            environment.process_exit_code = 1",
+        "",
+        "",
+        "def _split(expr):",
+        "    import re",
+        "    m = re.search(r'(p\\([\\d.]+\\)|avg|mean|med|min|max|rate|count)\\s*"
+        "(<=|>=|==|<|>)\\s*([\\d.]+)', expr)",
+        "    name = {'mean': 'avg'}.get(m.group(1), m.group(1))",
+        "    return name, m.group(2), float(m.group(3))",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+SPEC = ToolSpec(
+    name="load_test",
+    description=(
+        "HTTP load test against a loopback (or operator-allowed) URL. Open model by "
+        "default (constant or ramping arrival rate, latency timed from each request's "
+        "intended send time so server stalls are not hidden); closed model with vus. "
+        "Reports exact p50/p90/p95/p99/max latency, throughput, error rate, k6-style "
+        "threshold verdicts, and flags a saturated load generator."
+    ),
+    input_model=LoadTestInput,
+    result_model=LoadTestResult,
+    run=run,
+    runs_code=False,
+)
+
+__all__ = ["SPEC", "LoadTestInput", "LoadTestResult", "locustfile", "parse_threshold",
+           "percentile", "run", "send_offsets"]
