@@ -78,29 +78,49 @@ def _settings(model: str | None, persona: str | None = None) -> Settings:
 
 
 class EventView:
-    """Shows a turn's events as they come: tool progress bars, checks, streamed text."""
+    """Shows a turn's events live: tool progress bars, checks, and (in chat) the answer
+    as Markdown re-rendered while it streams.
+
+    One rich ``Live`` display holds both the progress bars and the streaming
+    answer, since rich allows a single live display at a time.
+    """
 
     def __init__(self, console: Console, *, stream_text: bool) -> None:
+        from rich.live import Live
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = console
         self.stream_text = stream_text
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            TimeElapsedColumn(), console=console, transient=True,
-        )
+        self.text = ""
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TimeElapsedColumn(), console=console)
         self.tasks: dict[str, Any] = {}
+        self.live = Live(self, console=console, refresh_per_second=8, transient=True)
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.markdown import Markdown
+
+        parts: list[Any] = [self.progress.get_renderable()] if self.tasks else []
+        if self.text:
+            parts.append(Markdown(self.text))
+        return Group(*parts)
 
     def __enter__(self) -> EventView:
-        self.progress.start()
+        self.live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self.live.stop()
+        if self.stream_text and self.text:
+            from rich.markdown import Markdown
+
+            self.console.print(Markdown(self.text))  # the streamed answer stays on screen
 
     def show(self, event: RunEvent) -> None:
         data = event.data
-        indent = "  " * int(data.get("depth", 0) or 0)
+        depth = int(data.get("depth", 0) or 0)
+        indent = "  " * depth
         if event.type == "tool_call":
             args = json.dumps(data["args"])[:90]
             self.tasks[data["id"]] = self.progress.add_task(
@@ -119,10 +139,12 @@ class EventView:
             colour = {"pass": "green", "fail": "red"}.get(data["status"], "dim")
             self.console.print(f"{indent}[{colour}]• {data['name']}: {data['status']}[/]")
         elif event.type == "revision":
+            if not depth:
+                self.text = ""  # the revised draft replaces the streamed one
             self.console.print(f"{indent}[yellow]↻ revising (failed: "
                                f"{', '.join(data['failed'])})[/]")
-        elif event.type == "text_delta" and self.stream_text and not data.get("depth"):
-            self.console.out(data["text"], end="")
+        elif event.type == "text_delta" and self.stream_text and not depth:
+            self.text += data["text"]
 
 
 def render_result(console: Console, result: TurnResult, *, answer: bool = True) -> None:

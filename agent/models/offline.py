@@ -249,6 +249,15 @@ class Recommendation:
     code: str = ""
 
 
+def _n_plus_one_impact(summary: str) -> str:
+    """The saving bound, quoting the call site's time when the profiler reported it."""
+    spent = re.search(r"taking ([\d,.]+) ms", summary)
+    bound = (f"saves up to the {spent.group(1)} ms the profile spent at that call site"
+             if spent else "saves up to the time the profile spent at that call site")
+    return (f"estimated: the per-row round trips collapse to one query per request, which "
+            f"{bound} (an upper bound: the one batched query still costs something)")
+
+
 def _measurement(outputs: list[ToolOutput], name: str) -> dict[str, Any] | None:
     for output in outputs:
         for m in output.data.get("measurements", []) if output.ok else []:
@@ -295,9 +304,7 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
                 recs.append(Recommendation(
                     title="Collapse the N+1 query loop into one batched query",
                     why=f"{finding.get('summary')} (at `{finding.get('location')}`).",
-                    impact="estimated: the per-row round trips collapse to one query per request, "
-                    "so the time the profile attributes to that call site is the upper bound "
-                    "of the saving",
+                    impact=_n_plus_one_impact(str(finding.get("summary", ""))),
                     effort="medium: one function rewritten and its tests",
                     roi="high: removes work that grows with the result size",
                     code_lang="python",
