@@ -352,19 +352,23 @@ def check_impact(data: CheckInput) -> CheckResult:
     return _result(name, not problems, evidence, " ".join(problems))
 
 
+def _both_present(name: str, text: str,
+                  *requirements: tuple[re.Pattern[str], str]) -> CheckResult:
+    """Pass when every pattern matches; each missing one adds its feedback."""
+    found = [(_has(pattern, text), feedback) for pattern, feedback in requirements]
+    problems = [feedback for matches, feedback in found if not matches]
+    evidence = ", ".join(word for matches, _ in found for word in matches[:2])
+    return _result(name, not problems, f"mentions {evidence}" if evidence else "",
+                   " ".join(problems))
+
+
 def check_monitoring(data: CheckInput) -> CheckResult:
     """Distributed tracing recommended and dashboards specified."""
-    name = "monitoring_included"
-    text = data.draft
-    tracing = _has(_TRACING, text)
-    dashboards = _has(_DASHBOARD, text)
-    problems = []
-    if not tracing:
-        problems.append("recommend distributed tracing (OpenTelemetry spans around the slow path)")
-    if not dashboards:
-        problems.append("specify the dashboard (e.g. a Grafana panel of p95 latency and errors)")
-    evidence = ", ".join([*tracing[:2], *dashboards[:2]])
-    return _result(name, not problems, f"mentions {evidence}" if evidence else "", " ".join(problems))
+    return _both_present(
+        "monitoring_included", data.draft,
+        (_TRACING, "recommend distributed tracing (OpenTelemetry spans around the slow path)"),
+        (_DASHBOARD, "specify the dashboard (e.g. a Grafana panel of p95 latency and errors)"),
+    )
 
 
 def _code_problem(lang: str, code: str) -> str | None:
@@ -423,17 +427,11 @@ def check_implementation(data: CheckInput) -> CheckResult:
 
 def check_regression(data: CheckInput) -> CheckResult:
     """Performance budgets established and an automated check in CI/CD."""
-    name = "regression_prevention"
-    text = data.draft
-    budgets = _has(_BUDGET, text)
-    ci = _has(_CI, text)
-    problems = []
-    if not budgets:
-        problems.append("set performance budgets (e.g. p95 < 200 ms as a load-test threshold)")
-    if not ci:
-        problems.append("run the budget check automatically in CI/CD so a regression fails the build")
-    evidence = ", ".join([*budgets[:2], *ci[:2]])
-    return _result(name, not problems, f"mentions {evidence}" if evidence else "", " ".join(problems))
+    return _both_present(
+        "regression_prevention", data.draft,
+        (_BUDGET, "set performance budgets (e.g. p95 < 200 ms as a load-test threshold)"),
+        (_CI, "run the budget check automatically in CI/CD so a regression fails the build"),
+    )
 
 
 #: check name -> validator, in the persona's order
