@@ -207,22 +207,62 @@ def _hot_sql(outputs: list[ToolOutput]) -> list[str]:
     return statements
 
 
+_PAGE_INTENT = re.compile(
+    r"\b(page|pages|frontend|front-end|web vitals|lcp|cls|inp|fcp|render\w*|browser|"
+    r"layout shift|paint)\b", re.I)
+_API_INTENT = re.compile(r"\b(api|endpoint|load|throughput|latency|p9\d|rps|req/s|"
+                         r"requests|concurren\w*|slow)\b", re.I)
+_NPLUS1_INTENT = re.compile(r"n\s*\+\s*1|\bqueries\b|\borm\b", re.I)
+_SYSTEM_INTENT = re.compile(r"\b(cpu|memory|ram|load average|host|server resources|"
+                            r"system|saturat\w*)\b", re.I)
+_REDIS_URL = re.compile(r"rediss?://[^\s'\"`]+")
+_TRACE_FILE = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]*(?:trace|span|jaeger|otlp)"
+                         r"[\w.-]*\.jsonl?)\b", re.I)
+_ACCESS_LOG = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]+\.(?:log|csv|tsv|jsonl))\b")
+
+
+def _first_round(persona: Persona, request: str, available: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """What the request itself names: every measurable target, once."""
+    wanted: list[tuple[str, dict[str, Any]]] = []
+    target = _delegate_to(persona, request) if "delegate" in available else None
+    if target:
+        wanted.append(("delegate", {"to": target, "task": request}))
+    page = bool(_PAGE_INTENT.search(request)) and "web_vitals" in available
+    for url in dict.fromkeys(_URL.findall(request)):
+        url = url.rstrip(".,;")
+        if page:
+            wanted.append(("web_vitals", {"url": url, "runs": 3}))
+        if not page or _API_INTENT.search(_PAGE_INTENT.sub(" ", request)):
+            wanted.append(("load_test", _load_test_args(url, request, persona)))
+    without_urls = _URL.sub(" ", request)
+    for script in dict.fromkeys(_PY_FILE.findall(without_urls)):
+        wanted.append(("profile_python", {"script": script}))
+        if _NPLUS1_INTENT.search(request):
+            wanted.append(("detect_n_plus_one", {"script": script}))
+    databases = _databases(request)
+    for sql in dict.fromkeys(" ".join(s.split()) for s in _SQL.findall(request)):
+        for database in databases[:1]:
+            wanted.append(("explain_query", {"database": database, "sql": sql}))
+    for url in dict.fromkeys(_REDIS_URL.findall(request)):
+        wanted.append(("cache_stats", {"url": url.rstrip(".,;")}))
+    traces = list(dict.fromkeys(_TRACE_FILE.findall(without_urls)))
+    for path in traces:
+        wanted.append(("analyze_traces", {"path": path}))
+    for path in dict.fromkeys(_ACCESS_LOG.findall(without_urls)):
+        if path not in traces and re.search(r"cache|access|hit", request, re.I):
+            wanted.append(("simulate_cache", {"access_log": path}))
+    if _SYSTEM_INTENT.search(request) and not any(
+            n in ("load_test", "profile_python") for n, _ in wanted):
+        wanted.append(("system_snapshot", {"interval": 2}))
+    return [(n, a) for n, a in wanted if n in available]
+
+
 def plan_tool_calls(persona: Persona, turn: Turn, available: set[str]) -> list[dict[str, Any]]:
     """The next tool calls, or [] when it is time to write. Never repeats a call."""
     request = turn.request
     wanted: list[tuple[str, dict[str, Any]]] = []
     if not turn.outputs:
-        target = _delegate_to(persona, request) if "delegate" in available else None
-        if target:
-            wanted.append(("delegate", {"to": target, "task": request}))
-        for url in dict.fromkeys(_URL.findall(request)):
-            wanted.append(("load_test", _load_test_args(url, request, persona)))
-        for script in dict.fromkeys(_PY_FILE.findall(_URL.sub(" ", request))):
-            wanted.append(("profile_python", {"script": script}))
-        databases = _databases(request)
-        for sql in dict.fromkeys(" ".join(s.split()) for s in _SQL.findall(request)):
-            for database in databases[:1]:
-                wanted.append(("explain_query", {"database": database, "sql": sql}))
+        wanted = _first_round(persona, request, available)
     else:
         databases = _databases(request)
         if databases:
@@ -320,6 +360,20 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
                     effort="medium: depends on the algorithm",
                     roi="worth it when the share is large; profile again after the change",
                 ))
+    for output in outputs:
+        for finding in output.data.get("findings", []) if output.ok else []:
+            advice = FINDING_ADVICE.get(str(finding.get("kind")))
+            if advice and finding["kind"] not in seen_kinds:
+                seen_kinds.add(finding["kind"])
+                title, fix, effort, roi = advice
+                recs.append(Recommendation(
+                    title=title,
+                    why=f"{finding.get('summary')}"
+                    + (f" (at `{finding.get('location')}`)" if finding.get("location") else "")
+                    + ".",
+                    impact=f"estimated: {fix}; re-measure with `{output.name}` to confirm the gain",
+                    effort=effort, roi=roi,
+                ))
     p95 = _measurement(outputs, "p95_latency")
     budget = _target_budget(persona, "p95_latency")
     if p95 and budget and p95.get("passed") is False:
@@ -347,6 +401,71 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
     # Ranked by return on effort: a measured, one-migration index first.
     return sorted(recs, key=lambda r: _RANK.get(r.title, 5))
 
+
+#: finding kind -> (title, what fixing it improves, effort, ROI). The impact is
+#: stated as a direction tied to the measured finding, never as an invented number.
+FINDING_ADVICE: dict[str, tuple[str, str, str, str]] = {
+    "low_hit_rate": (
+        "Raise the cache hit rate above the 80 % target",
+        "cache the hottest keys longer and warm them after deploys; each hit saved is a "
+        "backend read removed, so misses drop in proportion to the hit-rate gain",
+        "low to medium: TTLs and key design", "high when the backend read is the slow part"),
+    "evictions": (
+        "Stop evicting live keys",
+        "size maxmemory from the miss-ratio curve (`simulate_cache`) or trim value sizes; "
+        "fewer evictions improve the hit rate directly",
+        "low: a configuration change", "high: evictions turn hits into backend reads"),
+    "no_ttl": (
+        "Give cached keys a TTL and event-based invalidation",
+        "bounded memory and no stale entries; delete the key on every write (invalidation) "
+        "and keep the TTL as the safety net",
+        "medium: touch every cache write", "high: removes a memory and correctness risk"),
+    "no_maxmemory": (
+        "Set maxmemory and an eviction policy",
+        "a bounded cache cannot take the host down; allkeys-lru keeps the hot set",
+        "low: one setting", "high: prevents an outage"),
+    "layout_shift": (
+        "Reserve space for late content to cut layout shift",
+        "explicit width/height or aspect-ratio on images, ads and banners reduces CLS "
+        "toward the 0.1 target",
+        "low: CSS", "high: CLS is a Core Web Vital"),
+    "lcp_slow": (
+        "Make the largest element paint sooner",
+        "preload the LCP image or font, inline critical CSS and cut render-blocking "
+        "scripts; LCP improves by the time they block",
+        "medium", "high: LCP is a Core Web Vital"),
+    "slow_interaction": (
+        "Break up the long handler behind the slow interaction",
+        "yield to the main thread (split work, move it to a worker) so INP drops under "
+        "the 200 ms target",
+        "medium", "high: INP is a Core Web Vital"),
+    "long_tasks": (
+        "Split long main-thread tasks",
+        "less total blocking time means faster responses to input",
+        "medium", "medium"),
+    "cpu_saturated": (
+        "Relieve the CPU before it queues requests",
+        "profile the hot process (`profile_python`), then scale out; utilisation under "
+        "the 70 % target leaves headroom for bursts",
+        "medium", "high: saturation multiplies latency"),
+    "memory_pressure": (
+        "Reduce memory pressure",
+        "find the top allocation sites (profile_python with memory) and cap caches; "
+        "swapping makes every request slower",
+        "medium", "high"),
+    "hot_process": (
+        "Profile the hot process",
+        "its CPU share is the upper bound of what optimising it saves",
+        "low to start: one profile", "high"),
+    "slow_span": (
+        "Shorten the span that dominates the critical path",
+        "the trace's duration improves by as much as that span's self time is cut",
+        "depends on the span", "high: it is on the critical path"),
+    "budget_breach": (
+        "Bring the breached budget back in line",
+        "each fix above is checked against the budget file in CI",
+        "follows from the fixes above", "required: the budget gates releases"),
+}
 
 _RANK = {"Add the missing index": 0, "Collapse the N+1 query loop into one batched query": 1}
 
