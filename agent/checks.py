@@ -55,7 +55,6 @@ _NOT_A_MEASUREMENT = re.compile(
     r"at least|<|>|≤|≥|estimat|expect|project|could|would|should|might|may\b|up to|"
     r"about|around|approx|roughly|~|≈|typical|e\.g\.|for example|such as|aim|keep|"
     r"ttl|timeout|interval|every|per\b|sleep|duration|ramp|alert|exceed|if\b|when\b",
-    re.I,
 )
 
 
@@ -164,7 +163,7 @@ def audit_figures(draft: str, data: CheckInput) -> FigureAudit:
         ):
             grounded.append(label)
             continue
-        if _NOT_A_MEASUREMENT.search(_sentence_of(text, match.start(), match.end())):
+        if _NOT_A_MEASUREMENT.search(_sentence_of(text, match.start(), match.end()).lower()):
             continue
         if any(_close(value, t) for t in targets):
             continue
@@ -173,10 +172,14 @@ def audit_figures(draft: str, data: CheckInput) -> FigureAudit:
 
 
 def _has(pattern: re.Pattern[str], text: str) -> list[str]:
-    """Distinct matches of the (case-insensitive) ``pattern`` in ``text``."""
+    """Distinct matches of the lower-case ``pattern`` in ``text``, case-insensitively.
+
+    The vocabularies are lower-case and matched against lower-cased text:
+    Python's regex engine runs them several times faster than with re.I.
+    """
     seen: list[str] = []
-    for match in pattern.finditer(text):
-        word = match.group(0).strip().lower()
+    for match in pattern.finditer(text.lower()):
+        word = match.group(0).strip()
         if word not in seen:
             seen.append(word)
     return seen
@@ -190,64 +193,56 @@ def _result(name: str, ok: bool, evidence: str, feedback: str) -> CheckResult:
 
 
 # --------------------------------------------------------------------------- vocabularies
+# Lower-case patterns, matched against lower-cased text (see ``_has``).
 
 _MEASURE_METHOD = re.compile(
     r"\bprofil\w*|load[- ]test\w*|\bk6\b|locust|wrk2?\b|\bhey\b|explain(\s+query plan|"
     r"\s+analyze)?|py-spy|pyinstrument|cprofile|lighthouse|web vitals|benchmark\w*|"
     r"flame ?graph|slow query log|pg_stat_statements|\btrac(e|es|ing)\b|\bmeasure\w*",
-    re.I,
 )
 _METRIC = re.compile(
     r"\bp\d{2}\b|percentile|latency|throughput|req(uests)?/s|\blcp\b|\bcls\b|\binp\b|"
     r"\bfid\b|\bttfb\b|hit rate|cpu|memory|error rate|response time|query time",
-    re.I,
 )
 _RECOMMENDATION = re.compile(
     r"^\s*#{1,4}\s*(recommend|fix|optimi[sz]|next step|action|improvement|solution|proposal)|"
     r"\b(recommend|i suggest|we should|you should|consider|add (an? )?(index|cache)|"
     r"replace|switch to|introduce|enable|batch|eager[- ]load|paginat|precompute|"
     r"move .* to a (queue|background))",
-    re.I | re.M,
+    re.M,
 )
 _IMPROVEMENT = re.compile(
     r"faster|reduc|improv|cut|drop|lower|speed-?up|sav(e|es|ing)|gain|fewer|less|"
     r"increase|boost|shrink|remov|from .* to|→|->",
-    re.I,
 )
-_QUANTITY = re.compile(r"\d+(?:\.\d+)?\s*(%|x\b|×|times\b|ms\b|s\b|req/s|queries|round[- ]trips)", re.I)
+_QUANTITY = re.compile(r"\d+(?:\.\d+)?\s*(%|x\b|×|times\b|ms\b|s\b|req/s|queries|round[- ]trips)")
 _ROI = re.compile(
     r"\broi\b|return on investment|effort|cost|payback|engineer[- ](hours|days)|"
     r"\b\d+\s*(hours?|days?|weeks?)\b|worth|priorit|low[- ]risk|high[- ]impact|trade-?off|"
     r"benefit",
-    re.I,
 )
 _TRACING = re.compile(
     r"opentelemetry|\botel\b|distributed tracing|\btracing\b|\btraces?\b|jaeger|zipkin|"
     r"tempo\b|\bspans?\b|x-ray",
-    re.I,
 )
-_DASHBOARD = re.compile(r"dashboards?|grafana|datadog|new relic|kibana|\bpanels?\b|honeycomb", re.I)
-_CACHING = re.compile(r"\bcach(e|es|ing|ed)\b|redis|memcached|\bcdn\b", re.I)
+_DASHBOARD = re.compile(r"dashboards?|grafana|datadog|new relic|kibana|\bpanels?\b|honeycomb")
+_CACHING = re.compile(r"\bcach(e|es|ing|ed)\b|redis|memcached|\bcdn\b")
 _INVALIDATION = re.compile(
     r"invalidat\w*|evict\w*|\bttl\b|expir\w*|purge|cache[- ]bust\w*|\.delete\(|"
     r"versioned key|stale|setex|max-age|write-through",
-    re.I,
 )
 _ERROR_HANDLING = re.compile(
     r"\btry\b|except|error handling|fallback|fall back|retr(y|ies)|timeout|circuit[- ]breaker|"
     r"graceful|on failure|\braise\b|backoff",
-    re.I,
 )
-_IO_IN_CODE = re.compile(r"redis|requests\.|httpx|execute\(|connect\(|\.get\(|urlopen|session\.", re.I)
+_IO_IN_CODE = re.compile(r"redis|requests\.|httpx|execute\(|connect\(|\.get\(|urlopen|session\.")
 _BUDGET = re.compile(
     r"performance budget|\bbudgets?\b|threshold|p\(9\d\)\s*<|\bslo\b|\bsla\b|"
     r"fail(s)? the (build|pipeline|job)",
-    re.I,
 )
 _CI = re.compile(
     r"\bci\b|ci/cd|pipeline|github actions|gitlab|jenkins|circleci|buildkite|pre-merge|"
     r"pull request|merge request|on every (commit|push|pr)|nightly|pre-commit",
-    re.I,
 )
 
 
@@ -328,12 +323,12 @@ def check_impact(data: CheckInput) -> CheckResult:
     """Recommendations carry a quantified expected improvement and an ROI judgement."""
     name = "impact_quantified"
     text = prose(data.draft)
-    if not _RECOMMENDATION.search(text):
+    if not _RECOMMENDATION.search(text.lower()):
         return CheckResult(name=name, status="not_applicable",
                            evidence="the draft makes no recommendation to quantify")
     quantified = [
         line.strip() for line in text.splitlines()
-        if _QUANTITY.search(line) and _IMPROVEMENT.search(line)
+        if _QUANTITY.search(line.lower()) and _IMPROVEMENT.search(line.lower())
     ]
     roi = _has(_ROI, text)
     problems = []
@@ -400,7 +395,7 @@ def check_implementation(data: CheckInput) -> CheckResult:
     name = "implementation_quality"
     blocks = code_blocks(data.draft)
     text = prose(data.draft)
-    recommends = _RECOMMENDATION.search(text)
+    recommends = _RECOMMENDATION.search(text.lower())
     if not blocks and not recommends:
         return CheckResult(name=name, status="not_applicable",
                            evidence="no implementation proposed")
