@@ -78,3 +78,19 @@ async def test_offline_delegation_runs_the_sub_agent() -> None:
     # The sub-agent ran its own five checks, visible as nested events.
     nested = [e for e in events if e.type == "check" and e.data.get("depth") == 1]
     assert len(nested) == 5
+
+
+async def test_trace_file_and_n_plus_one_requests_use_their_tools(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("PERFAGENT_WORKSPACE", str(REPO))
+    result = await run_turn(
+        "Analyze tests/tools/data/otlp_orders.json and find the N+1 queries in "
+        "examples/orders_workload.py", settings=Settings(model="offline"))
+    names = [c.name for c in result.tool_calls]
+    assert {"analyze_traces", "detect_n_plus_one", "profile_python"} <= set(names)
+    assert all(c.ok for c in result.tool_calls), result.tool_calls
+    kinds = {f.kind for f in result.findings}
+    assert "n_plus_one" in kinds
+    assert {c.status for c in result.checks} <= {"pass", "not_applicable"}

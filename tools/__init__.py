@@ -27,6 +27,8 @@ _REGISTRY: dict[str, str] = {
     "load_test": "tools.loadtest",
     "profile_python": "tools.profiling",
     "explain_query": "tools.queries",
+    "detect_n_plus_one": "tools.nplusone",
+    "analyze_traces": "tools.traces",
 }
 
 

@@ -180,12 +180,18 @@ def _sql_at(path: Path, line: int) -> str | None:
 
 
 def _resolve(location: str, script: str) -> tuple[Path, int] | None:
-    """``shop.py:75`` relative to the profiled script's folder -> (path, 75)."""
+    """``shop.py:75`` -> (path, 75): absolute, or relative to the profiled script's
+    folder (profile_python) or to a workspace root (detect_n_plus_one)."""
+    from tools.base import workspace_roots
+
     file_part, _, line = location.rpartition(":")
     if not line.isdigit():
         return None
     path = Path(file_part)
-    return (path if path.is_absolute() else Path(script).parent / path), int(line)
+    candidates = [path] if path.is_absolute() else [
+        Path(script).parent / path, *(root / path for root in workspace_roots())]
+    found = next((c for c in candidates if c.is_file()), None)
+    return (found, int(line)) if found else None
 
 
 def _hot_sql(outputs: list[ToolOutput]) -> list[str]:
