@@ -22,13 +22,17 @@ from tools.base import (
     ToolSpec,
 )
 
-#: tool name -> module holding its SPEC. One module per tool family.
+#: tool name -> module holding its spec (``SPEC``, or ``module:ATTRIBUTE`` when one
+#: family module defines several tools). One module per tool family.
 _REGISTRY: dict[str, str] = {
     "load_test": "tools.loadtest",
     "profile_python": "tools.profiling",
     "explain_query": "tools.queries",
     "detect_n_plus_one": "tools.nplusone",
     "analyze_traces": "tools.traces",
+    "cache_stats": "tools.caching:SPEC_STATS",
+    "simulate_cache": "tools.caching:SPEC_SIMULATE",
+    "system_snapshot": "tools.system",
 }
 
 
@@ -46,7 +50,8 @@ def get_tool(name: str) -> ToolSpec:
             f"there is no tool named {name!r}",
             f"choose one of: {', '.join(_REGISTRY)}",
         )
-    spec: ToolSpec = importlib.import_module(module_name).SPEC
+    module, _, attribute = module_name.partition(":")
+    spec: ToolSpec = getattr(importlib.import_module(module), attribute or "SPEC")
     return spec
 
 

@@ -430,6 +430,21 @@ FINDING_ADVICE: dict[str, tuple[str, str, str, str]] = {
         "Set maxmemory and an eviction policy",
         "a bounded cache cannot take the host down; allkeys-lru keeps the hot set",
         "low: one setting", "high: prevents an outage"),
+    "memory_full": (
+        "Give the cache room or an eviction policy",
+        "with noeviction at the memory limit, writes fail; allkeys-lru or a larger "
+        "maxmemory keeps writes succeeding",
+        "low: one setting", "high: prevents write errors"),
+    "fragmentation": (
+        "Reclaim fragmented cache memory",
+        "enable activedefrag or restart during a quiet window; memory use improves by "
+        "the wasted share the tool measured",
+        "low", "medium"),
+    "ttl_too_short": (
+        "Lengthen the TTL where entries expire before reuse",
+        "the simulated curve shows the hit rate a longer TTL reaches; pair it with "
+        "event-based invalidation so data stays fresh",
+        "low", "high when reads repeat"),
     "layout_shift": (
         "Reserve space for late content to cut layout shift",
         "explicit width/height or aspect-ratio on images, ads and banners reduces CLS "
