@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     "cache_stats": "tools.caching:SPEC_STATS",
     "simulate_cache": "tools.caching:SPEC_SIMULATE",
     "system_snapshot": "tools.system",
+    "web_vitals": "tools.webvitals",
 }
 
 
