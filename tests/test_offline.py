@@ -94,3 +94,19 @@ async def test_trace_file_and_n_plus_one_requests_use_their_tools(
     kinds = {f.kind for f in result.findings}
     assert "n_plus_one" in kinds
     assert {c.status for c in result.checks} <= {"pass", "not_applicable"}
+
+
+def test_planner_measures_pages_caches_and_hosts() -> None:
+    everything = ALL | {"web_vitals", "cache_stats", "simulate_cache", "system_snapshot",
+                        "analyze_traces", "detect_n_plus_one"}
+    page = plan("What are the Core Web Vitals of http://127.0.0.1:3000/home page?", everything)
+    assert page == [("web_vitals", {"url": "http://127.0.0.1:3000/home", "runs": 3})]
+    both = [n for n, _ in plan("Why is the page http://127.0.0.1:3000/ slow under load?",
+                               everything)]
+    assert both == ["web_vitals", "load_test"]
+    cache = plan("Check redis://127.0.0.1:6379/0 and size the cache from logs/access.log",
+                 everything)
+    assert cache == [("cache_stats", {"url": "redis://127.0.0.1:6379/0"}),
+                     ("simulate_cache", {"access_log": "logs/access.log"})]
+    assert plan("Is our host CPU saturated?", everything) == [
+        ("system_snapshot", {"interval": 2})]
