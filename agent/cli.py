@@ -32,6 +32,9 @@ app = typer.Typer(
 )
 personas_app = typer.Typer(help="List, show and validate persona files.", no_args_is_help=True)
 app.add_typer(personas_app, name="personas")
+budget_app = typer.Typer(help="Check measurements against performance budgets.",
+                         no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
 
 #: Exit codes: 1 a structured error, 3 a measured value outside its budget.
 EXIT_ERROR = 1
@@ -405,6 +408,103 @@ def personas_validate(
     except PersonaError as exc:
         raise _fail("invalid_persona", str(exc), "fix the file at that line") from None
     _console().print(f"[green]ok[/]: {len(files)} persona file(s) valid")
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _persona_budgets(name: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(persona name, {measurement: comparison with unit}, {measurement: label})."""
+    from agent.context import Settings
+    from agent.persona import PersonaError
+
+    chosen = name or Settings().persona
+    try:
+        persona = _library().get(chosen)
+    except PersonaError as exc:
+        raise _fail("unknown_persona", exc.problem, "perfagent personas list") from None
+    labels = {t.measurement: t.metric for t in persona.targets}
+    return persona.name, persona.budgets(), labels
+
+
+@budget_app.command("check")
+def budget_check(
+    measurements_file: Annotated[Path, typer.Argument(
+        help="JSON: a list of measurements, a tool result or a TurnResult (ask --json)")],
+    budgets: Annotated[Path | None, typer.Option(
+        "--budgets", "-b", help="YAML or TOML budget file (default: the persona's targets)")
+    ] = None,
+    persona: PersonaOption = None,
+    tolerance: Annotated[float | None, typer.Option(
+        "--tolerance", help="relative tolerance before a breach counts, e.g. 0.05; "
+        "overrides the file's")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check measured values against budgets. Exits 3 when a budget is breached.
+
+    The files are read as given on the command line (a local user's own paths;
+    the workspace rule guards the agent's tool calls, not the user's shell).
+    """
+    from tools.base import ToolError
+    from tools.budgets import budgets_from_file, budgets_from_mapping, check, measurements_from_file
+
+    if tolerance is not None and not 0 <= tolerance < 1:
+        raise _fail("invalid_arguments", f"--tolerance {tolerance:g} is outside [0, 1)",
+                    "give a fraction such as 0.05")
+    try:
+        measured = measurements_from_file(measurements_file)
+        if budgets is not None:
+            budget_set = budgets_from_file(budgets, tolerance=tolerance)
+        else:
+            name, table, _labels = _persona_budgets(persona)
+            budget_set = budgets_from_mapping(table, source=f"persona {name}",
+                                              tolerance=tolerance)
+        result = check(measured, budget_set)
+    except ToolError as exc:
+        raise _fail(exc.code, exc.message, exc.hint) from None
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        from rich.table import Table
+
+        console = _console()
+        table = Table(title=f"Budgets ({result.budgets_source})", title_justify="left")
+        for column in ("budget", "measured", "limit", "margin", "status"):
+            table.add_column(column)
+        table.add_column("target", overflow="fold")
+        for row in result.rows:
+            status = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]",
+                      "missing": "[dim]unmeasured[/]",
+                      "unit_mismatch": "[yellow]unit mismatch[/]"}[row.status]
+            if row.tolerated:
+                status += " [yellow](tolerance)[/]"
+            measured_text = "—" if row.value is None else f"{row.value:,.4g} {row.unit}".rstrip()
+            margin = "—" if row.margin is None else f"{row.margin:+.1f} %"
+            table.add_row(row.budget_key, measured_text, row.budget, margin, status,
+                          row.target[-60:])
+        console.print(table)
+        colour = "green" if result.all_passed else "red"
+        console.print(f"[{colour}]{result.summary}[/]", soft_wrap=True)
+    if not result.all_passed:
+        raise typer.Exit(EXIT_BUDGET)
+
+
+@budget_app.command("show")
+def budget_show(persona: PersonaOption = None) -> None:
+    """Print the persona's default budgets as a YAML budget file to start from."""
+    name, table, labels = _persona_budgets(persona)
+    # two spaces, key, ": ", the quoted comparison, then two spaces before the comment
+    width = max((len(k) + len(v) for k, v in table.items()), default=0) + 8
+    lines = [f"# Default budgets of persona {name} (its Targets table).",
+             "# Save as perf-budgets.yaml, edit, then: "
+             "perfagent budget check RESULT.json --budgets perf-budgets.yaml",
+             "budgets:"]
+    for key, comparison in table.items():
+        entry = f"  {key}: {json.dumps(comparison)}"
+        lines.append(f"{entry.ljust(width)}# {labels[key]}")
+    lines.append("tolerance: 0".ljust(width) + "# relative tolerance before a breach counts, "
+                 "e.g. 0.05")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def _library() -> Any:

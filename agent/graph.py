@@ -221,6 +221,8 @@ async def tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
     # cores (a profile burning a core inflates a concurrent load test's latencies);
     # lookups and delegations have nothing to distort and run concurrently.
     requested = [dict(c) for c in calls]
+    for call in requested:
+        call["args"] = with_defaults(call["name"], dict(call["args"]), ctx.persona, state)
     measured = [c for c in requested if c["name"] in MEASUREMENT_TOOLS]
     others = [c for c in requested if c["name"] not in MEASUREMENT_TOOLS]
 
@@ -242,6 +244,18 @@ async def tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
         "findings": [f for _, o in results for f in o.findings],
         "delegations": [o.delegation for _, o in results if o.delegation],
     }
+
+
+def with_defaults(name: str, args: dict[str, Any], persona: Persona,
+                  state: AgentState) -> dict[str, Any]:
+    """Fill what the persona knows and the tool cannot: ``check_budgets`` defaults to
+    the persona's targets (with their units) and to this turn's measurements."""
+    if name == "check_budgets":
+        if not args.get("budgets"):
+            args["budgets"] = persona.budgets()
+        if not args.get("measurements"):
+            args["measurements"] = state.get("measurements", [])
+    return args
 
 
 def check_input(state: AgentState, persona: Persona) -> CheckInput:

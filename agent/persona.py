@@ -110,6 +110,14 @@ class Persona(BaseModel):
         """The target whose measurement name is ``measurement``, if any."""
         return next((t for t in self.targets if t.measurement == measurement), None)
 
+    def budgets(self) -> dict[str, str]:
+        """The targets as a budget mapping with units, e.g. ``{"p95_latency": "<200 ms"}``.
+
+        Units stay attached so a measurement in other units (LCP in ms against
+        "< 2.5 s") is converted rather than compared raw.
+        """
+        return {t.measurement: f"{t.budget} {t.unit}".strip() for t in self.targets}
+
     def delegate(self, name: str) -> DelegationTarget | None:
         return next((d for d in self.delegation if d.name == name), None)
 

@@ -158,3 +158,25 @@ async def test_history_keeps_one_answer_per_turn() -> None:
     assert [h["role"] for h in history] == ["user", "assistant"]
     assert history[1]["content"] == PASSING
     assert await thread_history("no-such-thread", settings=s) == []
+
+
+async def test_check_budgets_defaults_to_the_persona_targets_and_turn_measurements() -> None:
+    measured = {"name": "p95_latency", "value": 231.0, "unit": "ms", "source": "load_test",
+                "target": "http://127.0.0.1:1/x"}
+
+    def after_measuring(request):  # the model calls check_budgets with no arguments
+        return AIMessage(content="", tool_calls=[call("check_budgets", {}, "b1")])
+
+    model = ScriptedModel([after_measuring, AIMessage(content=PASSING)])
+    from agent.graph import with_defaults
+    from agent.persona import get_persona
+
+    args = with_defaults("check_budgets", {}, get_persona("performance-engineer"),
+                         {"measurements": [measured]})
+    assert args["budgets"]["p95_latency"] == "<200 ms"
+    assert args["budgets"]["lcp"] == "<2.5 s"
+    assert args["measurements"] == [measured]
+    result = await run_turn("check my budgets", settings=settings(), model=model)
+    call_record = result.tool_calls[0]
+    assert call_record.name == "check_budgets"
+    assert call_record.args["budgets"]["cpu_utilization"] == "<70 %"

@@ -34,6 +34,7 @@ _REGISTRY: dict[str, str] = {
     "simulate_cache": "tools.caching:SPEC_SIMULATE",
     "system_snapshot": "tools.system",
     "web_vitals": "tools.webvitals",
+    "check_budgets": "tools.budgets",
 }
 
 

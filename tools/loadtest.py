@@ -19,12 +19,22 @@ sampling). The generator watches itself: if it cannot send on schedule
 
 Safety: the URL must be loopback or in ``PERFAGENT_ALLOWED_HOSTS``; this is
 checked before any connection is opened.
+
+Plot: with ``plot_path`` the run also writes a self-contained picture of its
+latencies (inline SVG, no script, nothing fetched): a histogram over
+log-scale buckets with p50/p90/p95/p99/max marked, the percentile curve, and
+latency over time (p50/p99/max per time slice, every request as a dot when
+there are few). ``.html`` gives a page with the figures and a summary table;
+``.svg`` gives the figures alone, stacked in one image. Other suffixes are
+refused before any traffic: PNG would need matplotlib, and SVG already shows
+in browsers, GitHub and most IDEs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import math
 import re
 import threading
@@ -43,9 +53,12 @@ from tools.base import (
     ToolResult,
     ToolSpec,
     check_target_url,
+    resolve_in_workspace,
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import aiohttp  # imported when a test runs; annotations only here
 
 #: Longest test one call may run; longer soaks belong to a dedicated tool run.
@@ -162,6 +175,12 @@ class LoadTestInput(BaseModel):
     emit_locustfile: bool = Field(
         default=False,
         description="also return an equivalent Locust file, for loads beyond one machine",
+    )
+    plot_path: str | None = Field(
+        default=None,
+        description="also write the latency histogram (log-scale buckets, p50/p90/p95/p99/"
+        "max marked), the percentile curve and latency over time to this file in the "
+        "workspace: .html (self-contained page) or .svg",
     )
 
     @field_validator("duration")
@@ -317,6 +336,7 @@ class LoadTestResult(ToolResult):
     in_flight_cap_hit: bool = False
     notes: list[str] = Field(default_factory=list)
     locustfile: str | None = None
+    plot_path: str | None = Field(default=None, description="where the latency plot was written")
 
 
 # --------------------------------------------------------------------------- schedule
@@ -412,6 +432,7 @@ class _Tally:
     """Everything the request coroutines record; plain lists for speed."""
 
     latencies: list[float] = field(default_factory=list)  # seconds, every request
+    starts: list[float] = field(default_factory=list)  # clock starts, only for a plot
     lags: list[float] = field(default_factory=list)  # seconds, open model only
     statuses: dict[int, int] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
@@ -483,6 +504,7 @@ class _Generator:
         self.tally = _Tally()
         self.body = _body_bytes(inp)
         self.open_model = inp.vus is None
+        self.keep_starts = inp.plot_path is not None
         self.session: aiohttp.ClientSession | None = None
 
     def run(self) -> _Tally:
@@ -540,6 +562,8 @@ class _Generator:
         now = time.perf_counter()
         tally = self.tally
         tally.latencies.append(now - started)
+        if self.keep_starts:
+            tally.starts.append(started)
         tally.last_done = now
         if status is not None:
             tally.answered += 1
@@ -695,6 +719,7 @@ async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> L
     if inp.vus is not None and inp.stages and max(s[2] for s in segments) < 1:
         raise ToolError("invalid_input", "the stages never reach one virtual user",
                         "give stages with a target of at least 1")
+    plot_file = _plot_target(inp.plot_path) if inp.plot_path is not None else None
 
     await _probe(inp)
 
@@ -719,6 +744,15 @@ async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> L
         raise ToolError("load_failed", f"the load generator failed: {type(exc).__name__}: "
                         f"{exc}", "check the method, headers and body") from exc
     result = _build_result(inp, tally, thresholds, segments, planned, notes)
+    if plot_file is not None:
+        try:
+            # off the caller's loop: a long run has millions of latencies to bin
+            await asyncio.to_thread(write_plot, plot_file, result, tally.latencies,
+                                    tally.starts, tally.first_send)
+            result.plot_path = str(plot_file)
+        except OSError as exc:  # the measurement stands; say why the picture is missing
+            result.notes.append(f"the plot could not be written to {plot_file}: "
+                                f"{type(exc).__name__}: {exc.strerror or exc}")
     if progress is not None:
         progress(1.0, result.summary.splitlines()[0])
     return result
@@ -905,6 +939,303 @@ def _evidence(inp: LoadTestInput, stats: LatencyStats | None, requests: int) -> 
             f"p99 {stats.p99:.1f} ms, max {stats.max:.1f} ms")
 
 
+# --------------------------------------------------------------------------- plot
+
+#: Files ``plot_path`` may name: a self-contained HTML page or a bare SVG.
+PLOT_SUFFIXES = (".html", ".htm", ".svg")
+#: The statistics marked on the plots, with their colours.
+_MARKS = (("p50", "#2b8a3e"), ("p90", "#e67700"), ("p95", "#d9480f"), ("p99", "#c92a2a"),
+          ("max", "#5f3dc4"))
+_W, _H = 760.0, 270.0  # one chart
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64.0, 20.0, 34.0, 46.0
+_PW, _PH = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+#: Labels get a white halo so they stay readable over bars and lines.
+_HALO = 'paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'
+#: Above this many requests the time chart shows per-slice lines only, no dots.
+_MAX_DOTS = 4000
+
+
+def _plot_target(path: str) -> Path:
+    """The resolved plot file; refused before any traffic when it cannot be one."""
+    target = resolve_in_workspace(path, must_exist=False)
+    if target.suffix.lower() not in PLOT_SUFFIXES:
+        raise ToolError(
+            "invalid_input", f"plot_path {path!r} must end in .html or .svg",
+            "use .svg (shows in browsers, GitHub and IDEs) or .html (a page with the "
+            "figures and a summary); PNG is not rendered")
+    if target.is_dir():
+        raise ToolError("invalid_input", f"plot_path {path!r} is a folder",
+                        "give a file name ending in .html or .svg")
+    return target
+
+
+def _ms(value: float) -> str:
+    """A latency for a label: three significant figures or so."""
+    if value >= 100:
+        return f"{value:,.0f} ms"
+    if value >= 10:
+        return f"{value:.1f} ms"
+    return f"{value:.2f} ms"
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks between ``lo`` and ``hi`` (positive), thinned to at most ~8."""
+    ticks: list[float] = []
+    for exp in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for mant in (1, 2, 5):
+            tick = mant * 10.0**exp
+            if lo <= tick <= hi:
+                ticks.append(tick)
+    if len(ticks) > 8:
+        ticks = [t for t in ticks if f"{t:e}".startswith("1")]
+    return ticks
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:g}" if value >= 0.01 else f"{value:.0e}"
+
+
+def _frame(title: str, x_label: str, y_label: str) -> list[str]:
+    """Title, axis labels and the plot area's border."""
+    return [
+        f'<text x="{_LEFT}" y="20" font-size="14" font-weight="bold">{html.escape(title)}</text>',
+        f'<rect x="{_LEFT}" y="{_TOP}" width="{_PW}" height="{_PH}" fill="none" '
+        'stroke="#999"/>',
+        f'<text x="{_LEFT + _PW / 2:.1f}" y="{_H - 8}" text-anchor="middle" font-size="12">'
+        f"{html.escape(x_label)}</text>",
+        f'<text transform="translate(14 {_TOP + _PH / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle" font-size="12">{html.escape(y_label)}</text>',
+    ]
+
+
+def _x_tick(x: float, label: str) -> str:
+    bottom = _TOP + _PH
+    return (f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#999"/>'
+            f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>'
+            f'<text x="{x:.1f}" y="{bottom + 17}" text-anchor="middle" font-size="11">'
+            f"{html.escape(label)}</text>")
+
+
+def _y_tick(y: float, label: str) -> str:
+    return (f'<line x1="{_LEFT - 4}" y1="{y:.1f}" x2="{_LEFT}" y2="{y:.1f}" stroke="#999"/>'
+            f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + _PW}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{_LEFT - 7}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
+            f"{html.escape(label)}</text>")
+
+
+def _marks(stats: LatencyStats) -> list[tuple[str, str, float]]:
+    return [(name, colour, float(getattr(stats, name))) for name, colour in _MARKS]
+
+
+def _log_range(lo: float, hi: float) -> tuple[float, float]:
+    """log10 bounds around [lo, hi] with a little room, never empty."""
+    lo = max(lo, 1e-3)
+    hi = max(hi, lo * 1.01)
+    pad = (math.log10(hi) - math.log10(lo)) * 0.03 + 0.01
+    return math.log10(lo) - pad, math.log10(hi) + pad
+
+
+def _histogram_chart(lat: list[float], stats: LatencyStats) -> str:
+    """Counts over log-spaced latency buckets, the marks as labelled vertical lines."""
+    import bisect
+
+    llo, lhi = _log_range(lat[0], lat[-1])
+    buckets = min(80, max(12, math.ceil((lhi - llo) * 24)))
+    edges = [10 ** (llo + (lhi - llo) * i / buckets) for i in range(buckets + 1)]
+    counts = []
+    for i in range(buckets):
+        first = 0 if i == 0 else bisect.bisect_left(lat, edges[i])
+        last = len(lat) if i == buckets - 1 else bisect.bisect_left(lat, edges[i + 1])
+        counts.append(last - first)
+    top = max(counts) or 1
+
+    def x(value: float) -> float:
+        return _LEFT + (math.log10(max(value, 1e-3)) - llo) / (lhi - llo) * _PW
+
+    parts = _frame(f"Latency histogram: {len(lat)} requests, log-scale buckets",
+                   "latency (ms, log scale)", "requests per bucket")
+    for tick in _log_ticks(10**llo, 10**lhi):
+        parts.append(_x_tick(x(tick), _tick_label(tick)))
+    for frac in (0.0, 0.5, 1.0):
+        parts.append(_y_tick(_TOP + _PH - frac * _PH, f"{top * frac:,.0f}"))
+    for i, count in enumerate(counts):
+        if not count:
+            continue
+        height = max(count / top * _PH, 1.5)  # a lone slow request stays visible
+        x0, x1 = x(edges[i]), x(edges[i + 1])
+        parts.append(f'<rect x="{x0:.1f}" y="{_TOP + _PH - height:.1f}" '
+                     f'width="{max(x1 - x0 - 0.6, 0.8):.1f}" height="{height:.1f}" '
+                     f'fill="#4c6ef5"><title>{_ms(edges[i])} – {_ms(edges[i + 1])}: '
+                     f"{count} requests</title></rect>")
+    for k, (name, colour, value) in enumerate(_marks(stats)):
+        px = x(value)
+        label = f"{name} {_ms(value)}"
+        anchor, dx = ("end", -4) if px > _LEFT + _PW - 110 else ("start", 4)
+        parts.append(f'<line x1="{px:.1f}" y1="{_TOP}" x2="{px:.1f}" y2="{_TOP + _PH}" '
+                     f'stroke="{colour}" stroke-width="1.5" stroke-dasharray="5 3"/>'
+                     f'<text x="{px + dx:.1f}" y="{_TOP + 14 + 14 * k}" text-anchor="{anchor}" '
+                     f'font-size="12" fill="{colour}" {_HALO}>{html.escape(label)}</text>')
+    return "".join(parts)
+
+
+def _percentile_chart(lat: list[float], stats: LatencyStats) -> str:
+    """Latency by percentile, the tail stretched: x is -log10(1 - p/100)."""
+    count = len(lat)
+    u_max = min(max(math.log10(count), 1.0), 5.0)  # 90 % .. 99.999 %, as far as data goes
+    llo, lhi = _log_range(lat[0], lat[-1])
+
+    def x(u: float) -> float:
+        return _LEFT + u / u_max * _PW
+
+    def y(value: float) -> float:
+        return _TOP + _PH - (math.log10(max(value, 1e-3)) - llo) / (lhi - llo) * _PH
+
+    parts = _frame("Latency by percentile", "percentile (tail stretched)",
+                   "latency (ms, log scale)")
+    for u in range(int(u_max) + 1):
+        label = "0" if u == 0 else f"{100 - 100 / 10**u:.{max(u - 2, 0)}f}"
+        parts.append(_x_tick(x(u), f"{label}%"))
+    for tick in _log_ticks(10**llo, 10**lhi):
+        parts.append(_y_tick(y(tick), _tick_label(tick)))
+    steps = 240
+    points = []
+    for i in range(steps + 1):
+        u = u_max * i / steps
+        pct = 100.0 * (1 - 10 ** -u)
+        points.append(f"{x(u):.1f},{y(percentile(lat, pct)):.1f}")
+    parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#4c6ef5" '
+                 'stroke-width="2"/>')
+    positions = {"p50": math.log10(2), "p90": 1.0, "p95": math.log10(20), "p99": 2.0}
+    for k, (name, colour, value) in enumerate(_marks(stats)):
+        u = min(positions.get(name, u_max), u_max)
+        legend_y = _TOP + 16 + 15 * k
+        parts.append(f'<circle cx="{x(u):.1f}" cy="{y(value):.1f}" r="4" fill="{colour}"/>'
+                     f'<circle cx="{_LEFT + 12}" cy="{legend_y - 4}" r="4" fill="{colour}"/>'
+                     f'<text x="{_LEFT + 20}" y="{legend_y}" font-size="12" fill="{colour}" '
+                     f'{_HALO}>{name} {html.escape(_ms(value))}</text>')
+    return "".join(parts)
+
+
+def _time_chart(latencies_ms: list[float], offsets: list[float], elapsed: float) -> str:
+    """Latency against send time: per-slice p50/p99/max lines, and dots when few."""
+    span = max(max(offsets, default=0.0), elapsed, 1e-3)
+    slices = max(10, min(150, math.ceil(span / 0.1)))
+    binned: list[list[float]] = [[] for _ in range(slices)]
+    for off, lat in zip(offsets, latencies_ms, strict=True):
+        binned[min(int(off / span * slices), slices - 1)].append(lat)
+    llo, lhi = _log_range(min(latencies_ms), max(latencies_ms))
+
+    def x(seconds: float) -> float:
+        return _LEFT + seconds / span * _PW
+
+    def y(value: float) -> float:
+        return _TOP + _PH - (math.log10(max(value, 1e-3)) - llo) / (lhi - llo) * _PH
+
+    parts = _frame("Latency over time", "seconds since the first send (by the time each "
+                   "request's clock started)", "latency (ms, log scale)")
+    for tick in _log_ticks(10**llo, 10**lhi):
+        parts.append(_y_tick(y(tick), _tick_label(tick)))
+    step = 10 ** math.floor(math.log10(span))
+    if span / step < 4:
+        step /= 2
+    t = 0.0
+    while t <= span + 1e-9:
+        parts.append(_x_tick(x(t), f"{t:g}"))
+        t += step
+    if len(latencies_ms) <= _MAX_DOTS:
+        dots = "".join(f'<circle cx="{x(off):.1f}" cy="{y(lat):.1f}" r="1.6"/>'
+                       for off, lat in zip(offsets, latencies_ms, strict=True))
+        parts.append(f'<g fill="#868e96" fill-opacity="0.45">{dots}</g>')
+    series: dict[str, list[str]] = {"p50": [], "p99": [], "max": []}
+    for i, values in enumerate(binned):
+        if not values:
+            continue
+        values.sort()
+        mid = x((i + 0.5) * span / slices)
+        for name, pct in (("p50", 50.0), ("p99", 99.0), ("max", 100.0)):
+            series[name].append(f"{mid:.1f},{y(percentile(values, pct)):.1f}")
+    colours = dict(_MARKS)
+    legend = [f'<tspan fill="{colours[name]}" font-weight="bold">{name}</tspan>'
+              for name in series]
+    for name, points in series.items():
+        parts.append(f'<polyline points="{" ".join(points)}" fill="none" '
+                     f'stroke="{colours[name]}" stroke-width="1.6"/>')
+    parts.append(f'<text x="{_LEFT + _PW}" y="{_TOP - 6}" text-anchor="end" font-size="12">'
+                 f'{" · ".join(legend)} per {span / slices * 1000:.0f} ms slice</text>')
+    return "".join(parts)
+
+
+def plot_figures(result: LoadTestResult, latencies_s: list[float], starts: list[float],
+                 first_send: float | None) -> list[str]:
+    """The SVG bodies (no ``<svg>`` wrapper) of the three charts; none without data."""
+    if result.latency_ms is None or not latencies_s:
+        return []
+    lat_ms = [v * 1000.0 for v in latencies_s]
+    lat_sorted = sorted(lat_ms)
+    figures = [_histogram_chart(lat_sorted, result.latency_ms),
+               _percentile_chart(lat_sorted, result.latency_ms)]
+    if starts and len(starts) == len(lat_ms):
+        origin = first_send if first_send is not None else min(starts)
+        figures.append(_time_chart(lat_ms, [s - origin for s in starts], result.elapsed_s))
+    return figures
+
+
+def _svg(body: str, height: float = _H) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {_W:.0f} {height:.0f}" font-family="sans-serif">{body}</svg>')
+
+
+def write_plot(path: Path, result: LoadTestResult, latencies_s: list[float],
+               starts: list[float], first_send: float | None) -> None:
+    """Write the latency plot as a self-contained ``.html`` page or a bare ``.svg``."""
+    figures = plot_figures(result, latencies_s, starts, first_send)
+    stats = result.latency_ms
+    model = (f"open model, {result.rate:g} req/s" if result.model == "open"
+             else f"closed model, {result.vus} vus")
+    heading = f"{result.method} {result.url} — {model}"
+    if path.suffix.lower() == ".svg":
+        lines = [heading, result.summary.splitlines()[0]]
+        weights = ("bold", "normal")
+        head = "".join(f'<text x="{_LEFT}" y="{20 + 18 * i}" font-size="{13 - i}" '
+                       f'font-weight="{weights[i]}">{html.escape(line)}</text>'
+                       for i, line in enumerate(lines))
+        offset = 50.0
+        body = head + "".join(f'<g transform="translate(0 {offset + i * _H:.0f})">{f}</g>'
+                              for i, f in enumerate(figures))
+        text = _svg(body, offset + max(len(figures), 1) * _H)
+    else:
+        rows = [("requests", f"{result.requests:,}"), ("elapsed", f"{result.elapsed_s:g} s"),
+                ("throughput", f"{result.throughput:,.1f} req/s"),
+                ("errors", f"{result.errors:,} ({result.error_rate:g} %)")]
+        if stats is not None:
+            rows += [(name, _ms(float(getattr(stats, name))))
+                     for name in ("min", "mean", "p50", "p90", "p95", "p99", "max")]
+        if result.scheduling_lag_p99_ms is not None:
+            rows.append(("scheduling lag p99", _ms(result.scheduling_lag_p99_ms)))
+        table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                        for k, v in rows)
+        warning = ("<p class=warn>The load generator was saturated: these latencies include "
+                   "its own delay.</p>" if result.generator_saturated else "")
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
+        charts = "".join(f"<figure>{_svg(f)}</figure>" for f in figures) or \
+            "<p>No request completed: nothing to plot.</p>"
+        text = (
+            "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>load_test: {html.escape(result.url)}</title><style>"
+            "body{font-family:sans-serif;margin:24px;color:#222}"
+            "table{border-collapse:collapse;margin:12px 0}"
+            "th,td{padding:3px 12px;border-bottom:1px solid #ddd;text-align:left}"
+            "td{font-variant-numeric:tabular-nums}figure{margin:16px 0}"
+            ".warn{color:#c92a2a;font-weight:bold}</style></head><body>"
+            f"<h1>load_test</h1><p>{html.escape(heading)}</p>"
+            f"<p>{html.escape(result.summary.splitlines()[0])}</p>{warning}"
+            f"<table>{table}</table>{charts}"
+            f"{f'<ul>{notes}</ul>' if notes else ''}</body></html>\n"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- locust
 
 
@@ -1031,4 +1362,4 @@ SPEC = ToolSpec(
 )
 
 __all__ = ["SPEC", "LoadTestInput", "LoadTestResult", "locustfile", "parse_threshold",
-           "percentile", "run", "send_offsets"]
+           "percentile", "plot_figures", "run", "send_offsets", "write_plot"]
