@@ -278,20 +278,77 @@ def demo(
         render_result(_console(), result)
 
 
-@app.command()
+def tool_flags(extra: list[str]) -> dict[str, Any]:
+    """``--rate 50 --thresholds 'p(95)<200' --url=http://…`` -> a tool input mapping.
+
+    Values are read as JSON when they parse (numbers, lists, objects, true) and
+    as text otherwise; a flag given twice becomes a list; dashes in names become
+    underscores. A flag with no value is ``true``.
+    """
+    values: dict[str, Any] = {}
+    index = 0
+    while index < len(extra):
+        token = extra[index]
+        if not token.startswith("--") or len(token) == 2:
+            raise _fail("invalid_arguments", f"unexpected argument {token!r}",
+                        "pass tool inputs as --name value, or as --args JSON")
+        name, equals, raw = token[2:].partition("=")
+        if not equals:
+            following = extra[index + 1] if index + 1 < len(extra) else None
+            if following is None or following.startswith("--"):
+                raw = "true"
+            else:
+                raw = following
+                index += 1
+        index += 1
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        key = name.replace("-", "_")
+        if key in values:
+            previous = values[key]
+            values[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            values[key] = value
+    return values
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def measure(
-    tool: Annotated[str, typer.Argument(help="tool name, e.g. load_test")],
+    ctx: typer.Context,
+    tool: Annotated[str | None, typer.Argument(help="tool name; omit to list the tools")] = None,
     args: Annotated[str, typer.Option("--args", help="the tool's input as JSON")] = "{}",
+    schema: Annotated[bool, typer.Option("--schema", help="print the tool's input schema")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run one measurement tool directly. Exits 3 when a measurement breaks its budget."""
+    """Run one measurement tool directly: `perfagent measure load_test --url URL --rate 50`.
+
+    Inputs come from --args JSON and/or --name value flags (flags win). Exits 3
+    when a measurement breaks its budget, 1 on an error.
+    """
     from pydantic import ValidationError
 
-    from tools import ToolError, get_tool
+    from tools import ToolError, get_tool, tool_names
 
+    if tool is None:
+        from rich.table import Table
+
+        table = Table("tool", "what it measures")
+        for name in tool_names():
+            table.add_row(name, get_tool(name).description.split(". ")[0])
+        _console().print(table)
+        return
     try:
         spec = get_tool(tool)
-        inp = spec.input_model.model_validate(json.loads(args))
+        if schema:
+            sys.stdout.write(json.dumps(spec.json_schema(), indent=2) + "\n")
+            return
+        inputs = json.loads(args)
+        if not isinstance(inputs, dict):
+            raise _fail("invalid_json", "--args must be a JSON object")
+        inputs.update(tool_flags(list(ctx.args)))
+        inp = spec.input_model.model_validate(inputs)
     except ToolError as exc:
         raise _fail(exc.code, exc.message, exc.hint) from None
     except json.JSONDecodeError as exc:
@@ -300,7 +357,7 @@ def measure(
         first = exc.errors()[0]
         raise _fail("invalid_arguments",
                     f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
-                    f"see the schema: perfagent measure {tool} --help") from None
+                    f"see the inputs: perfagent measure {tool} --schema") from None
 
     console = _console(stderr=True)
     from rich.progress import Progress

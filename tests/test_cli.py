@@ -204,3 +204,20 @@ def test_chat_streams_exits_and_resumes(isolated_state: Path) -> None:
     history = asyncio.run(thread_history(thread))
     users = [h["content"] for h in history if h["role"] == "user"]
     assert users == ["Our checkout is sluggish, what now?", "And the search page?"]
+
+
+def test_measure_lists_tools_shows_schema_and_takes_flags(service: str) -> None:
+    listed = perfagent("measure")
+    assert listed.returncode == 0
+    for name in ("load_test", "web_vitals", "check_budgets", "analyze_traces"):
+        assert name in listed.stdout
+    schema = json.loads(perfagent("measure", "load_test", "--schema").stdout)
+    assert {"url", "rate", "thresholds"} <= set(schema["properties"])
+    done = perfagent("measure", "load_test", "--url", f"{service}/orders?customer=2",
+                     "--rate", "4", "--duration=1", "--thresholds", "p(95)<100000",
+                     "--thresholds", "http_req_failed rate<0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert len(result["thresholds"]) == 2 and all(t["passed"] for t in result["thresholds"])
+    bad = perfagent("measure", "load_test", "--url", service, "--rate", "fast")
+    assert bad.returncode == 1 and "rate" in bad.stderr and "--schema" in bad.stderr
