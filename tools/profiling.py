@@ -51,6 +51,7 @@ from tools.base import (
     ToolSpec,
     resolve_in_workspace,
     tail,
+    workspace_roots,
 )
 
 #: A function is a CPU hotspot when it (with the library calls it makes) takes
@@ -111,8 +112,10 @@ def main():
     with open(sys.argv[1], encoding="utf-8") as fh:
         cfg = json.load(fh)
     script = cfg["script"]
+    module = cfg.get("module")
     sys.argv = [script, *cfg["args"]]
-    sys.path[0] = os.path.dirname(script)  # as `python script.py` would
+    # as `python script.py` or `python -m module` (from the working folder) would
+    sys.path[0] = cfg["cwd"] if module else os.path.dirname(script)
     skip = (__file__, "*/runpy.py", "<frozen runpy>")
     profiler = sampler = None
     if cfg["memory"]:
@@ -130,7 +133,10 @@ def main():
         if profiler is not None:
             profiler.enable()
         try:
-            runpy.run_path(script, run_name="__main__")
+            if module:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(script, run_name="__main__")
         finally:
             if profiler is not None:
                 profiler.disable()
@@ -183,6 +189,9 @@ class ProfileInput(BaseModel):
     script: str | None = Field(
         default=None, description="path of the .py file to run and profile (inside the workspace)"
     )
+    module: str | None = Field(
+        default=None, description="instead of a script: a module inside the workspace to run "
+        "as `python -m MODULE` (from cwd, or the first workspace folder)")
     args: list[str] = Field(default_factory=list, description="command-line arguments")
     timeout: float = Field(default=60.0, gt=0, le=3600,
                            description="seconds before the script is killed")
@@ -212,8 +221,9 @@ class ProfileInput(BaseModel):
 
     @model_validator(mode="after")
     def _target(self) -> ProfileInput:
-        if (self.script is None) == (self.pid is None):
-            raise ValueError("give either script (run and profile it) or pid (sample it)")
+        if sum(x is not None for x in (self.script, self.module, self.pid)) != 1:
+            raise ValueError("give one of script or module (run and profile it) or pid "
+                             "(sample a running process)")
         return self
 
 
@@ -599,14 +609,15 @@ _RunOutput = tuple[dict[str, Any], Path | None, str, "tempfile.TemporaryDirector
 async def _run_once(script: Path, args: list[str], cwd: Path, timeout: float, *,
                     profile: bool, memory: Literal["peak", "sites"] | None,
                     progress: ProgressCallback | None,
-                    label: str) -> _RunOutput:
+                    label: str, module: str | None = None) -> _RunOutput:
     """Run the script once under the runner; raise ToolError on timeout or failure."""
     tmp = tempfile.TemporaryDirectory(prefix="perfagent-profile-")
     folder = Path(tmp.name)
     try:
         runner = folder / RUNNER_NAME
         runner.write_text(RUNNER_SOURCE, encoding="utf-8")
-        cfg = {"script": str(script), "args": args, "profile": profile, "memory": memory,
+        cfg = {"script": str(script), "module": module, "cwd": str(cwd),
+               "args": args, "profile": profile, "memory": memory,
                "stats_path": str(folder / "profile.pstats"),
                "meta_path": str(folder / "meta.json")}
         cfg_path = folder / "config.json"
@@ -643,13 +654,34 @@ async def _run_once(script: Path, args: list[str], cwd: Path, timeout: float, *,
         raise
 
 
+def _module_file(base: Path, module: str) -> Path:
+    """The file ``python -m module`` would run from ``base``, which must be in the workspace.
+
+    Only modules inside the workspace may run: an installed module is not the
+    user's code, and running arbitrary ones would widen what the tool executes.
+    """
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+        raise ToolError("invalid_module", f"{module!r} is not a dotted module name",
+                        "give a name such as app.worker")
+    stem = base.joinpath(*module.split("."))
+    for candidate in (stem.with_suffix(".py"), stem / "__main__.py"):
+        if candidate.is_file():
+            return resolve_in_workspace(candidate)
+    raise ToolError("not_found", f"module {module} is not in {base}",
+                    "run from the folder that contains the package (cwd) or give a script path")
+
+
 async def _profile_script(inp: ProfileInput, progress: ProgressCallback | None) -> ProfileResult:
-    assert inp.script is not None
-    script = resolve_in_workspace(inp.script)
-    if not script.is_file():
-        raise ToolError("not_found", f"{inp.script} is not a file",
-                        "give the path of a Python script")
-    cwd = resolve_in_workspace(inp.cwd) if inp.cwd else script.parent
+    if inp.module is not None:
+        cwd = resolve_in_workspace(inp.cwd) if inp.cwd else workspace_roots()[0]
+        script = _module_file(cwd, inp.module)
+    else:
+        assert inp.script is not None
+        script = resolve_in_workspace(inp.script)
+        if not script.is_file():
+            raise ToolError("not_found", f"{inp.script} is not a file",
+                            "give the path of a Python script")
+        cwd = resolve_in_workspace(inp.cwd) if inp.cwd else script.parent
     if not cwd.is_dir():
         raise ToolError("not_found", f"{inp.cwd} is not a folder",
                         "give an existing folder inside the workspace as cwd")
@@ -660,7 +692,7 @@ async def _profile_script(inp: ProfileInput, progress: ProgressCallback | None) 
         progress(0.0, f"running {script.name} under cProfile")
     meta, stats_path, stdout_tail, tmp = await _run_once(
         script, inp.args, cwd, inp.timeout, profile=True, memory=None,
-        progress=progress, label=f"profiling {script.name}")
+        progress=progress, label=f"profiling {script.name}", module=inp.module)
     try:
         assert stats_path is not None
         hotspots, findings, total = _analyse_pstats(stats_path, str(script), base, inp.top)
@@ -689,14 +721,16 @@ async def _profile_script(inp: ProfileInput, progress: ProgressCallback | None) 
         # (its snapshots allocate too, so its own peak is not used).
         mem, _, _, mem_tmp = await _run_once(
             script, inp.args, cwd, inp.timeout, profile=False, memory="peak",
-            progress=progress, label=f"tracing the memory peak of {script.name}")
+            progress=progress, label=f"tracing the memory peak of {script.name}",
+            module=inp.module)
         mem_tmp.cleanup()
         peak = int(mem["memory_peak"])
         sites, when = mem["sites"], f"at the end of the run ({mem['memory_end']} bytes traced)"
         if mem["memory_end"] < peak / 2:
             again, _, _, again_tmp = await _run_once(
                 script, inp.args, cwd, inp.timeout, profile=False, memory="sites",
-                progress=progress, label=f"sampling allocation sites of {script.name}")
+                progress=progress, label=f"sampling allocation sites of {script.name}",
+                module=inp.module)
             again_tmp.cleanup()
             if "sites_size" in again:
                 sites = again["sites"]
@@ -716,7 +750,8 @@ async def _profile_script(inp: ProfileInput, progress: ProgressCallback | None) 
     if inp.measure_overhead:
         plain, _, _, plain_tmp = await _run_once(
             script, inp.args, cwd, inp.timeout, profile=False, memory=None,
-            progress=progress, label=f"timing {script.name} without the profiler")
+            progress=progress, label=f"timing {script.name} without the profiler",
+            module=inp.module)
         plain_tmp.cleanup()
         plain_ms = plain["wall_s"] * 1000
         result.wall_time_unprofiled_ms = round(plain_ms, 3)

@@ -275,3 +275,36 @@ async def test_py_spy_samples_a_running_process(workspace: Path) -> None:
     assert any(h.function in ("spin", "<genexpr>") for h in result.hotspots[:3])
     hotspot = next(f for f in result.findings if f.kind == "cpu_hotspot")
     assert hotspot.location is not None and "spin.py" in hotspot.location
+
+
+async def test_module_runs_like_python_dash_m(workspace: Path) -> None:
+    package = workspace / "app"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def square(n):\n    return n * n\n")
+    write(workspace, "app/worker.py", """\
+        import sys
+
+        from .helpers import square
+
+
+        def crunch():
+            return sum(square(i) for i in range(200_000))
+
+
+        if __name__ == "__main__":
+            assert sys.argv[1:] == ["--fast"]
+            crunch()
+        """)
+    result = await run(ProfileInput(module="app.worker", args=["--fast"]))
+    assert result.script.endswith("app/worker.py")
+    assert any(h.function == "square" and h.location == "helpers.py:1" for h in result.hotspots)
+
+
+async def test_module_outside_the_workspace_is_refused(workspace: Path) -> None:
+    with pytest.raises(ToolError) as err:
+        await run(ProfileInput(module="http.server"))
+    assert err.value.code == "not_found"
+    with pytest.raises(ToolError) as err:
+        await run(ProfileInput(module="../evil"))
+    assert err.value.code == "invalid_module"
