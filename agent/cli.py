@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 personas_app = typer.Typer(help="List, show and validate persona files.", no_args_is_help=True)
 app.add_typer(personas_app, name="personas")
+baselines_app = typer.Typer(help="Measurements remembered across runs.", no_args_is_help=True)
+app.add_typer(baselines_app, name="baselines")
 budget_app = typer.Typer(help="Check measurements against performance budgets.",
                          no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
@@ -562,6 +564,55 @@ def budget_show(persona: PersonaOption = None) -> None:
     lines.append("tolerance: 0".ljust(width) + "# relative tolerance before a breach counts, "
                  "e.g. 0.05")
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+@baselines_app.command("list")
+def baselines_list(as_json: JsonOption = False) -> None:
+    """Every measured target with its number of measurements and the latest time."""
+    targets = _baselines("targets")
+    if as_json:
+        sys.stdout.write(json.dumps(targets, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table("target", "measurements", "metrics", "latest")
+    for row in targets:
+        table.add_row(row["target"], str(row["measurements"]), str(row["metrics"]), row["latest"])
+    _console().print(table if targets else "no baselines yet: run `perfagent ask` or `demo`")
+
+
+@baselines_app.command("show")
+def baselines_show(
+    target: Annotated[str, typer.Argument(help="a target or part of it (URL, path, query)")],
+    metric: Annotated[str | None, typer.Option("--metric", help="only this metric")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The history of a target's measurements, oldest first."""
+    history = _baselines("history", target, metric)
+    if as_json:
+        sys.stdout.write(json.dumps([b.model_dump() for b in history], indent=2) + "\n")
+        return
+    if not history:
+        raise _fail("no_baselines", f"no measurements of a target containing {target!r}",
+                    "perfagent baselines list shows the measured targets")
+    from rich.table import Table
+
+    table = Table("measured at", "metric", "value", "budget", "rev", "target")
+    for b in history:
+        table.add_row(b.measured_at, b.metric, f"{b.value:,.2f} {b.unit}", b.budget or "—",
+                      b.git_rev or "—", b.target[-60:])
+    _console().print(table)
+
+
+def _baselines(method: str, *args: Any) -> Any:
+    """Call a BaselineStore method; a broken store becomes a structured error."""
+    from agent.baselines import BaselineStore, BaselineStoreError
+    from agent.context import Settings
+
+    try:
+        return getattr(BaselineStore(Settings().state_dir), method)(*args)
+    except BaselineStoreError as exc:
+        raise _fail("baseline_store", str(exc), "move the file aside and run again") from None
 
 
 def _library() -> Any:

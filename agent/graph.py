@@ -15,6 +15,7 @@ LangGraph's run-scoped context, so one compiled graph serves every thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent import knowledge
+from agent.baselines import BaselineStore, BaselineStoreError, git_revision
 from agent.checks import CHECKS, CheckInput, revision_feedback
 from agent.context import Settings
 from agent.models import ChatModel, ModelRequest, ToolSchema, build_model
@@ -33,6 +35,7 @@ from agent.models.offline import REVISION_SENDER
 from agent.persona import Persona, get_persona
 from agent.results import CheckResult
 from agent.state import RESET, AgentState
+from agent.targets import named_targets
 from agent.toolbox import DelegateRunner, execute, tool_schemas
 from prompts import render
 from tools import tool_names
@@ -53,6 +56,7 @@ class RunContext:
     tools: list[ToolSchema]
     delegate: DelegateRunner
     depth: int = 0
+    thread_id: str | None = None
     #: emit node_start/node_end events (streaming surfaces show them; a plain
     #: run_turn has no listener, and each event costs a trip through the stream)
     node_events: bool = True
@@ -76,7 +80,8 @@ def _tool_schemas(persona_name: str, allow_code_tools: bool, can_delegate: bool)
 
 
 def make_context(settings: Settings, persona_name: str, *, depth: int = 0,
-                 model: ChatModel | None = None, node_events: bool = True) -> RunContext:
+                 model: ChatModel | None = None, node_events: bool = True,
+                 thread_id: str | None = None) -> RunContext:
     """Resolve persona, model, tools and the delegation runner for one run."""
     from agent.delegation import delegate_runner
 
@@ -91,6 +96,7 @@ def make_context(settings: Settings, persona_name: str, *, depth: int = 0,
         delegate=delegate_runner(settings, depth, [d.name for d in persona.delegation]),
         depth=depth,
         node_events=node_events,
+        thread_id=thread_id,
     )
 
 
@@ -149,29 +155,50 @@ def _usage(message: AIMessage) -> dict[str, float]:
     }
 
 
-def _knowledge_context(passages: list[dict[str, Any]]) -> str:
-    if not passages:
-        return ""
-    parts = [f"## {p['heading']} ({p['source']})\n{p['text']}" for p in passages]
-    return "Relevant playbook passages (cite the source when you use them):\n\n" + "\n\n".join(
-        parts)
+def _turn_context(passages: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> str:
+    """Per-turn system text: playbook passages and earlier baselines, kept out of the
+    cached persona prompt."""
+    parts = []
+    if passages:
+        parts.append("Relevant playbook passages (cite the source when you use them):\n\n"
+                     + "\n\n".join(f"## {p['heading']} ({p['source']})\n{p['text']}"
+                                    for p in passages))
+    if earlier:
+        parts.append("Earlier baselines of the targets in this question (report how the new "
+                     "measurements compare):\n" + "\n".join(
+                         f"- {b['metric']} of {b['target']}: {b['value']:g} {b['unit']} on "
+                         f"{b['measured_at'][:10]}" + (f" (rev {b['git_rev']})" if b.get("git_rev")
+                                                     else "") for b in earlier))
+    return "\n\n".join(parts)
 
 
 # --------------------------------------------------------------------------- nodes
 
 async def prepare(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Start a turn: reset per-turn fields and ground it in the playbooks."""
+    """Start a turn: reset per-turn fields, ground it in the playbooks, and recall the
+    earlier baselines of the targets the question names."""
     messages = state.get("messages", [])
     question = last_user_text(messages)
-    passages = await asyncio.to_thread(knowledge.search, question, 3) if question else []
+    passages, earlier = await asyncio.to_thread(_recall, question, runtime.context.settings)
     return {
         "turn_start": max(len(messages) - 1, 0),
         "persona": runtime.context.persona.name,
         "depth": runtime.context.depth,
         "measurements": RESET, "findings": RESET, "tool_calls": RESET,
         "delegations": RESET, "checks": RESET, "usage": RESET, "timings": RESET,
-        "knowledge": passages, "steps": 0, "revisions": 0, "answer": "",
+        "knowledge": passages, "baselines": earlier, "steps": 0, "revisions": 0, "answer": "",
     }
+
+
+def _recall(question: str, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if not question:
+        return [], []
+    names = named_targets(question)
+    try:
+        earlier = BaselineStore(settings.state_dir).latest_for(names) if names else []
+    except BaselineStoreError:
+        earlier = []  # a broken store must not block the turn; `perfagent baselines` reports it
+    return knowledge.search(question, 3), [b.model_dump() for b in earlier]
 
 
 async def agent(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -184,10 +211,11 @@ async def agent(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
         system=ctx.system_prompt,
         messages=state.get("messages", []),
         tools=() if out_of_steps else ctx.tools,
-        context=_knowledge_context(state.get("knowledge", [])),
+        context=_turn_context(state.get("knowledge", []), state.get("baselines", [])),
         on_text=lambda text: emit({"type": "text_delta",
                                    "data": {"text": text, "depth": ctx.depth}}),
-        metadata={"knowledge": state.get("knowledge", []), "persona": ctx.persona.name},
+        metadata={"knowledge": state.get("knowledge", []), "persona": ctx.persona.name,
+                  "baselines": state.get("baselines", [])},
     )
     message = await ctx.model.generate(request)
     if out_of_steps and message.tool_calls:
@@ -266,6 +294,7 @@ def check_input(state: AgentState, persona: Persona) -> CheckInput:
         or (isinstance(m, HumanMessage) and m.name != REVISION_SENDER)
     ]
     sources += [p["text"] for p in state.get("knowledge", [])]
+    sources += [f"{b['value']} {b['unit']}" for b in state.get("baselines", [])]
     return CheckInput(
         draft=draft_of(state),
         measurements=state.get("measurements", []),
@@ -309,7 +338,9 @@ async def revise(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, A
 
 
 async def finalize(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Fix the answer; a check still failing after the revision budget is said openly."""
+    """Fix the answer (a check still failing after the revision budget is said openly)
+    and remember this turn's measurements as baselines for the next."""
+    ctx = runtime.context
     answer = draft_of(state)
     failed = [c for c in state.get("checks", {}).values() if c["status"] == "fail"]
     if failed:
@@ -318,7 +349,19 @@ async def finalize(state: AgentState, runtime: Runtime[RunContext]) -> dict[str,
             "\n\n> **Unresolved pre-response checks** (after "
             f"{state.get('revisions', 0)} revision(s)):\n{notes}\n"
         )
+    measurements = state.get("measurements", [])
+    if measurements and ctx.depth == 0:  # a sub-agent's numbers reach the parent's state
+        await asyncio.to_thread(_remember, measurements, ctx)
     return {"answer": answer}
+
+
+def _remember(measurements: list[dict[str, Any]], ctx: RunContext) -> None:
+    from tools.base import workspace_roots
+
+    with contextlib.suppress(BaselineStoreError):  # reported by `perfagent baselines`
+        BaselineStore(ctx.settings.state_dir).record(
+            measurements, thread_id=ctx.thread_id,
+            git_rev=git_revision(str(workspace_roots()[0])))
 
 
 # --------------------------------------------------------------------------- routing

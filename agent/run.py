@@ -124,7 +124,8 @@ async def stream_turn(
     thread_id = thread_id or new_thread_id()
     started = time.perf_counter()
     try:
-        context = make_context(settings, settings.persona, model=model, node_events=node_events)
+        context = make_context(settings, settings.persona, model=model, node_events=node_events,
+                               thread_id=thread_id)
     except Exception as exc:
         yield _error_event(_as_turn_error(exc))
         return

@@ -60,6 +60,8 @@ class AgentState(TypedDict, total=False):
     tool_calls: Annotated[list[dict[str, Any]], accumulate]
     delegations: Annotated[list[dict[str, Any]], accumulate]
     knowledge: list[dict[str, Any]]
+    #: earlier measurements of the targets this turn's question names
+    baselines: list[dict[str, Any]]
     checks: Annotated[dict[str, dict[str, Any]], merge]
     usage: Annotated[dict[str, float], add_numbers]
     timings: Annotated[dict[str, float], add_numbers]

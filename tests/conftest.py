@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from agent.demo import slow_service
+from examples.shop import build_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,3 +41,17 @@ def require_module(name: str) -> None:
         __import__(name)
     except ImportError:
         unavailable(f"the Python package {name!r} is not installed")
+
+
+@pytest.fixture(scope="module")
+def shop_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of the example shop: missing indexes and all."""
+    return build_database(tmp_path_factory.mktemp("shop") / "shop.db", customers=200,
+                          orders=10_000)
+
+
+@pytest.fixture(scope="module")
+def service(shop_db: Path) -> Iterator[str]:
+    """The deliberately slow example service on a free loopback port."""
+    with slow_service(shop_db) as url:
+        yield url

@@ -8,13 +8,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.demo import slow_service
-from examples.shop import build_database
 from tests.conftest import REPO
 
 TURN_KEYS = {"thread_id", "model", "persona", "answer", "checks", "tool_calls", "delegations",
@@ -41,18 +38,6 @@ def ask_json(question: str, **kw: object) -> dict:
     assert result["model"] == "offline"
     assert "offline engine" in result["answer"]
     return result
-
-
-@pytest.fixture(scope="module")
-def shop_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_database(tmp_path_factory.mktemp("shop") / "shop.db", customers=200,
-                          orders=10_000)
-
-
-@pytest.fixture(scope="module")
-def service(shop_db: Path) -> Iterator[str]:
-    with slow_service(shop_db) as url:
-        yield url
 
 
 def test_console_script_help_is_fast() -> None:

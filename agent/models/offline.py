@@ -21,6 +21,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from agent import targets as t
+from agent.baselines import changes
 from agent.models.base import ModelRequest
 from agent.persona import Persona
 from prompts import format_number, render
@@ -28,11 +30,6 @@ from prompts import format_number, render
 #: The name given to the message that sends a draft back after failed checks.
 REVISION_SENDER = "perfagent_checks"
 
-_URL = re.compile(r"https?://[^\s'\"<>`)\]]+")
-_PY_FILE = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]+\.py)\b")
-_DB_FILE = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]+\.(?:db|sqlite3?))\b")
-_PG_DSN = re.compile(r"postgres(?:ql)?://[^\s'\"`]+")
-_SQL = re.compile(r"\b((?:SELECT|WITH)\b[^;`]*?)(?:;|`|$)", re.I | re.S | re.M)
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:rps|req/s|requests? per second|requests?/s)", re.I)
 _DURATION = re.compile(r"\bfor\s+(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min|minutes?)\b", re.I)
 
@@ -115,7 +112,7 @@ def _load_test_args(url: str, request: str, persona: Persona) -> dict[str, Any]:
 
 
 def _databases(text: str) -> list[str]:
-    return [*_PG_DSN.findall(text), *_DB_FILE.findall(text)]
+    return [*t.PG_DSN.findall(text), *t.DB_FILE.findall(text)]
 
 
 def _delegate_to(persona: Persona, request: str) -> str | None:
@@ -221,10 +218,6 @@ _API_INTENT = re.compile(r"\b(api|endpoint|load|throughput|latency|p9\d|rps|req/
 _NPLUS1_INTENT = re.compile(r"n\s*\+\s*1|\bqueries\b|\borm\b", re.I)
 _SYSTEM_INTENT = re.compile(r"\b(cpu|memory|ram|load average|host|server resources|"
                             r"system|saturat\w*)\b", re.I)
-_REDIS_URL = re.compile(r"rediss?://[^\s'\"`]+")
-_TRACE_FILE = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]*(?:trace|span|jaeger|otlp)"
-                         r"[\w.-]*\.jsonl?)\b", re.I)
-_ACCESS_LOG = re.compile(r"(?<![\w/.-])((?:~?/)?(?:[\w.~-]+/)*[\w.-]+\.(?:log|csv|tsv|jsonl))\b")
 
 
 def _first_round(persona: Persona, request: str, available: set[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -234,27 +227,27 @@ def _first_round(persona: Persona, request: str, available: set[str]) -> list[tu
     if target:
         wanted.append(("delegate", {"to": target, "task": request}))
     page = bool(_PAGE_INTENT.search(request)) and "web_vitals" in available
-    for url in dict.fromkeys(_URL.findall(request)):
+    for url in dict.fromkeys(t.URL.findall(request)):
         url = url.rstrip(".,;")
         if page:
             wanted.append(("web_vitals", {"url": url, "runs": 3}))
         if not page or _API_INTENT.search(_PAGE_INTENT.sub(" ", request)):
             wanted.append(("load_test", _load_test_args(url, request, persona)))
-    without_urls = _URL.sub(" ", request)
-    for script in dict.fromkeys(_PY_FILE.findall(without_urls)):
+    without_urls = t.URL.sub(" ", request)
+    for script in dict.fromkeys(t.PY_FILE.findall(without_urls)):
         wanted.append(("profile_python", {"script": script}))
         if _NPLUS1_INTENT.search(request):
             wanted.append(("detect_n_plus_one", {"script": script}))
     databases = _databases(request)
-    for sql in dict.fromkeys(" ".join(s.split()) for s in _SQL.findall(request)):
+    for sql in dict.fromkeys(" ".join(s.split()) for s in t.SQL.findall(request)):
         for database in databases[:1]:
             wanted.append(("explain_query", {"database": database, "sql": sql}))
-    for url in dict.fromkeys(_REDIS_URL.findall(request)):
+    for url in dict.fromkeys(t.REDIS_URL.findall(request)):
         wanted.append(("cache_stats", {"url": url.rstrip(".,;")}))
-    traces = list(dict.fromkeys(_TRACE_FILE.findall(without_urls)))
+    traces = list(dict.fromkeys(t.TRACE_FILE.findall(without_urls)))
     for path in traces:
         wanted.append(("analyze_traces", {"path": path}))
-    for path in dict.fromkeys(_ACCESS_LOG.findall(without_urls)):
+    for path in dict.fromkeys(t.ACCESS_LOG.findall(without_urls)):
         if path not in traces and re.search(r"cache|access|hit", request, re.I):
             wanted.append(("simulate_cache", {"access_log": path}))
     if _SYSTEM_INTENT.search(request) and not any(
@@ -607,7 +600,8 @@ def _plan_steps(turn: Turn, persona: Persona) -> list[str]:
     return steps
 
 
-def write_answer(persona: Persona, turn: Turn, knowledge: list[dict[str, Any]]) -> str:
+def write_answer(persona: Persona, turn: Turn, knowledge: list[dict[str, Any]],
+                 earlier: list[dict[str, Any]] | None = None) -> str:
     """The answer, from the template, with figures only from the tool outputs."""
     outputs = turn.outputs
     measured = [o for o in outputs if o.ok and o.name not in ("delegate", "knowledge_search")]
@@ -630,6 +624,7 @@ def write_answer(persona: Persona, turn: Turn, knowledge: list[dict[str, Any]]) 
         recommendations=_recommendations(outputs, persona),
         plan=[] if measurements else _plan_steps(turn, persona),
         knowledge=knowledge,
+        changes=changes(measurements, earlier or []),
         targets=persona.targets,
         p95_budget=p95.budget if p95 else "<200",
         load_test_url=next((o.args.get("url") for o in measured if o.name == "load_test"),
@@ -653,7 +648,8 @@ class OfflineEngine:
         if calls:
             return AIMessage(content="", tool_calls=calls, usage_metadata=_NO_USAGE)
         knowledge = list(request.metadata.get("knowledge", []))
-        text = write_answer(self.persona, turn, knowledge)
+        text = write_answer(self.persona, turn, knowledge,
+                            list(request.metadata.get("baselines", [])))
         if request.on_text:
             for paragraph in re.split(r"(?<=\n\n)", text):
                 request.on_text(paragraph)
