@@ -262,17 +262,52 @@ def plan_tool_calls(persona: Persona, turn: Turn, available: set[str]) -> list[d
     wanted: list[tuple[str, dict[str, Any]]] = []
     if not turn.outputs:
         wanted = _first_round(persona, request, available)
+        if not wanted:  # nothing to measure: ground the plan in the playbooks
+            wanted = [("knowledge_search", {"query": request, "k": 4})]
     else:
         databases = _databases(request)
         if databases:
             for sql in _hot_sql(turn.outputs)[:MAX_EXPLAINS]:
                 wanted.append(("explain_query", {"database": databases[0], "sql": sql}))
-    calls = []
-    for index, (name, args) in enumerate(wanted):
-        if name in available and not turn.already(name, args):
-            calls.append({"name": name, "args": args, "id": f"offline_{len(turn.outputs)}_{index}",
-                          "type": "tool_call"})
-    return calls
+    fresh = [(n, a) for n, a in wanted if n in available and not turn.already(n, a)]
+    if not fresh and turn.outputs and "knowledge_search" in available:
+        fresh = _playbook_lookup(turn)
+    return [{"name": name, "args": args, "id": f"offline_{len(turn.outputs)}_{index}",
+             "type": "tool_call"} for index, (name, args) in enumerate(fresh)]
+
+
+#: how a finding kind is asked of the playbooks when its own name reads poorly
+_KIND_QUERIES = {"repeated_query": "N+1 queries in a loop", "n_plus_one": "N+1 queries in a loop",
+                 "full_scan": "missing index full table scan", "temp_sort": "sort without index",
+                 "latency_budget_exceeded": "p95 latency budget load test",
+                 "generator_saturated": "load testing open model"}
+
+
+def _playbook_lookup(turn: Turn) -> list[tuple[str, dict[str, Any]]]:
+    """Once measuring is done: one playbook lookup per kind of finding, once per turn."""
+    if any(o.name == "knowledge_search" for o in turn.outputs):
+        return []
+    kinds = dict.fromkeys(str(f.get("kind", "")) for o in turn.outputs if o.ok
+                          for f in o.data.get("findings", []))
+    queries = dict.fromkeys(_KIND_QUERIES.get(k, k.replace("_", " ")) for k in kinds if k)
+    return [("knowledge_search", {"query": q, "k": 2}) for q in list(queries)[:4]]
+
+
+def _passages(outputs: list[ToolOutput]) -> list[dict[str, Any]]:
+    return [p for o in outputs if o.name == "knowledge_search" and o.ok
+            for p in o.data.get("passages", [])]
+
+
+_TERM = re.compile(r"[a-z0-9+]{3,}")
+
+
+def _best_passage(rec: Recommendation, passages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The playbook passage sharing the most words with a recommendation, if any do."""
+    wanted = set(_TERM.findall(f"{rec.title} {rec.why}".lower()))
+    scored = [(len(wanted & set(_TERM.findall(f"{p['heading']} {p['text']}".lower()))), i)
+              for i, p in enumerate(passages)]
+    best = max(scored, default=(0, -1))
+    return passages[best[1]] if best[0] >= 2 else None
 
 
 # --------------------------------------------------------------------------- writing
@@ -286,6 +321,8 @@ class Recommendation:
     roi: str
     code_lang: str = ""
     code: str = ""
+    #: the playbook passage this advice follows, named so the reader can check it
+    playbook: dict[str, Any] | None = None
 
 
 def _n_plus_one_impact(summary: str) -> str:
@@ -612,6 +649,12 @@ def write_answer(persona: Persona, turn: Turn, knowledge: list[dict[str, Any]],
     failures = [o for o in outputs if not o.ok]
     delegations = [o for o in outputs if o.name == "delegate" and o.ok]
     p95 = persona.target_for("p95_latency")
+    passages = _passages(outputs)
+    recommendations = _recommendations(outputs, persona)
+    for rec in recommendations:
+        rec.playbook = _best_passage(rec, passages)
+    # Sources: what the tools looked up this turn, then what prepare retrieved.
+    sources = list({(p["source"], p["heading"]): p for p in [*passages, *knowledge]}.values())
     return render(
         "offline_answer.md.j2",
         persona=persona,
@@ -621,9 +664,9 @@ def write_answer(persona: Persona, turn: Turn, knowledge: list[dict[str, Any]],
         findings=findings,
         failures=failures,
         delegations=delegations,
-        recommendations=_recommendations(outputs, persona),
+        recommendations=recommendations,
         plan=[] if measurements else _plan_steps(turn, persona),
-        knowledge=knowledge,
+        knowledge=sources,
         changes=changes(measurements, earlier or []),
         targets=persona.targets,
         p95_budget=p95.budget if p95 else "<200",
