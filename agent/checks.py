@@ -323,7 +323,7 @@ def check_impact(data: CheckInput) -> CheckResult:
     """Recommendations carry a quantified expected improvement and an ROI judgement."""
     name = "impact_quantified"
     text = prose(data.draft)
-    if not _RECOMMENDATION.search(text.lower()):
+    if not _RECOMMENDATION.search(claims(data.draft).lower()):
         return CheckResult(name=name, status="not_applicable",
                            evidence="the draft makes no recommendation to quantify")
     quantified = [
@@ -395,7 +395,7 @@ def check_implementation(data: CheckInput) -> CheckResult:
     name = "implementation_quality"
     blocks = code_blocks(data.draft)
     text = prose(data.draft)
-    recommends = _RECOMMENDATION.search(text.lower())
+    recommends = _RECOMMENDATION.search(claims(data.draft).lower())
     if not blocks and not recommends:
         return CheckResult(name=name, status="not_applicable",
                            evidence="no implementation proposed")

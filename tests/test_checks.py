@@ -190,3 +190,9 @@ def test_citing_a_caching_playbook_is_not_proposing_a_cache() -> None:
     draft = ("## Recommendations\nAdd the index; wrap it in a retry with a timeout.\n\n"
              "## Sources\n- `redis-cache-aside.md` — Redis cache-aside\n")
     assert check_implementation(data(draft)).status == "pass"
+
+
+def test_a_list_of_sources_is_not_a_recommendation() -> None:
+    draft = ("Run a load test first and record p95 latency.\n\n## Sources\n"
+             "- `batching.md` — Batching / Fix: batch the writes\n")
+    assert check_impact(data(draft, measurements=[], findings=[])).status == "not_applicable"
