@@ -394,8 +394,8 @@ def check_implementation(data: CheckInput) -> CheckResult:
     """Production-ready: code that parses, error handling, caching paired with invalidation."""
     name = "implementation_quality"
     blocks = code_blocks(data.draft)
-    text = prose(data.draft)
-    recommends = _RECOMMENDATION.search(claims(data.draft).lower())
+    proposals = claims(data.draft)
+    recommends = _RECOMMENDATION.search(proposals.lower())
     if not blocks and not recommends:
         return CheckResult(name=name, status="not_applicable",
                            evidence="no implementation proposed")
@@ -405,7 +405,7 @@ def check_implementation(data: CheckInput) -> CheckResult:
         if (problem := _code_problem(lang, code))
     ]
     everything = data.draft
-    if _has(_CACHING, claims(data.draft)) and not _has(_INVALIDATION, everything):
+    if _has(_CACHING, proposals) and not _has(_INVALIDATION, everything):
         problems.append(
             "caching is proposed without invalidation: say how entries expire or are "
             "invalidated (TTL, event-based delete on write, versioned keys)"
