@@ -44,12 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
 import sys
 import tempfile
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -69,6 +66,7 @@ from tools.base import (
     tail,
     workspace_roots,
 )
+from tools.process import read_tail, run_bounded
 
 TOOL = "detect_n_plus_one"
 #: Shapes repeated this many times in one request are a high-severity N+1.
@@ -847,54 +845,6 @@ if __name__ == "__main__":
 '''
 
 
-async def _spawn(cmd: list[str], cwd: Path, timeout: float, out: Path, err: Path,
-                 progress: ProgressCallback | None, label: str) -> tuple[int | None, bool]:
-    """Run ``cmd`` in a new process group; (exit code, timed out). The group dies with us."""
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=str(cwd), stdin=asyncio.subprocess.DEVNULL, stdout=stdout,
-                stderr=stderr, start_new_session=True)
-        except OSError as exc:
-            raise ToolError("spawn_failed", f"could not start {cmd[0]}: {exc}",
-                            "check that the Python interpreter is runnable") from None
-    started = time.monotonic()
-    try:
-        while True:
-            left = started + timeout - time.monotonic()
-            if left <= 0:
-                _kill_group(proc.pid)
-                await proc.wait()
-                return None, True
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=min(1.0, left))
-                return proc.returncode, False
-            except TimeoutError:
-                if progress is not None:
-                    elapsed = time.monotonic() - started
-                    progress(min(elapsed / timeout, 0.99), f"{label}: {elapsed:.0f} s")
-    except BaseException:
-        _kill_group(proc.pid)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(proc.wait(), 5)
-        raise
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _tail_of(path: Path, limit: int = 65536) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - limit))
-            return fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _relative(filename: str) -> str:
     """A path relative to the workspace root holding it (absolute when none does)."""
     path = Path(filename)
@@ -930,10 +880,10 @@ async def _from_script(inp: NPlusOneInput, progress: ProgressCallback | None) ->
                "out": str(folder / "queries.json"), "max_events": MAX_EVENTS}
         (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
         out, err = folder / "stdout.txt", folder / "stderr.txt"
-        code, timed_out = await _spawn([sys.executable, str(runner), str(folder / "config.json")],
+        code, timed_out = await run_bounded([sys.executable, str(runner), str(folder / "config.json")],
                                        cwd, inp.timeout, out, err, progress,
                                        f"running {script.name}")
-        stderr = tail(_tail_of(err))
+        stderr = tail(read_tail(err))
         if timed_out:
             raise ToolError(
                 "timeout",
@@ -952,7 +902,7 @@ async def _from_script(inp: NPlusOneInput, progress: ProgressCallback | None) ->
             raise ToolError("capture_failed", f"{script.name} exited without the query record",
                             "the script may end with os._exit(); run a function that returns")
         data = json.loads(data_path.read_text(encoding="utf-8"))
-        stdout_tail = tail(_tail_of(out), 10)
+        stdout_tail = tail(read_tail(out), 10)
 
     sites = [(_relative(f), line, func) for f, line, func in data["sites"]]
     sql = data["sql"]

@@ -27,13 +27,11 @@ unprofiled run for comparison. With a
 from __future__ import annotations
 
 import ast
-import asyncio
 import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from functools import lru_cache
@@ -53,6 +51,7 @@ from tools.base import (
     tail,
     workspace_roots,
 )
+from tools.process import read_tail, run_bounded
 
 #: A function is a CPU hotspot when it (with the library calls it makes) takes
 #: more than this share of the profiled time.
@@ -407,18 +406,6 @@ def _is_runner_frame(key: FuncKey) -> bool:
             or name.startswith("<method 'disable' of '_lsprof.Profiler"))
 
 
-def _read_tail(path: Path, limit: int = 65536) -> str:
-    """The end of a possibly large output file, decoded leniently."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(size - limit, 0))
-            return fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 # --------------------------------------------------------------------------- cProfile
 
 
@@ -562,46 +549,6 @@ def _repeated_queries(kept: dict[FuncKey, tuple[Any, ...]], user: dict[FuncKey, 
 # --------------------------------------------------------------------------- subprocess
 
 
-async def _spawn(cmd: list[str], cwd: Path, timeout: float, out: Path, err: Path,
-                 progress: ProgressCallback | None, label: str) -> tuple[int | None, bool]:
-    """Run ``cmd`` in its own process group; returns (exit code, timed out)."""
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=str(cwd), stdin=asyncio.subprocess.DEVNULL, stdout=stdout,
-                stderr=stderr, start_new_session=True)
-        except OSError as exc:
-            raise ToolError("spawn_failed", f"could not start {cmd[0]}: {exc}",
-                            "check that the Python interpreter is runnable") from None
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        while True:
-            remaining = started + timeout - loop.time()
-            if remaining <= 0:
-                _kill_group(proc.pid)
-                await proc.wait()
-                return None, True
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=min(0.5, remaining))
-                return proc.returncode, False
-            except TimeoutError:
-                if progress is not None:
-                    elapsed = loop.time() - started
-                    progress(min(elapsed / timeout, 0.99), f"{label}: {elapsed:.1f} s")
-    except BaseException:
-        # Cancelled or failed while waiting: never leave the script running.
-        _kill_group(proc.pid)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(proc.wait(), 5)
-        raise
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 #: (runner's JSON, pstats path or None, stdout tail, the temp folder holding them)
 _RunOutput = tuple[dict[str, Any], Path | None, str, "tempfile.TemporaryDirectory[str]"]
 
@@ -623,9 +570,9 @@ async def _run_once(script: Path, args: list[str], cwd: Path, timeout: float, *,
         cfg_path = folder / "config.json"
         cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
         out, err = folder / "stdout.txt", folder / "stderr.txt"
-        code, timed_out = await _spawn([sys.executable, str(runner), str(cfg_path)], cwd,
+        code, timed_out = await run_bounded([sys.executable, str(runner), str(cfg_path)], cwd,
                                        timeout, out, err, progress, label)
-        stderr = tail(_read_tail(err))
+        stderr = tail(read_tail(err))
         if timed_out:
             raise ToolError(
                 "timeout",
@@ -648,7 +595,7 @@ async def _run_once(script: Path, args: list[str], cwd: Path, timeout: float, *,
                             "the script may call os._exit(); profile a function that returns")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         stats = Path(cfg["stats_path"]) if profile else None
-        return meta, stats, tail(_read_tail(out), 10), tmp
+        return meta, stats, tail(read_tail(out), 10), tmp
     except BaseException:
         tmp.cleanup()
         raise
@@ -840,9 +787,9 @@ async def _sample_pid(inp: ProfileInput, progress: ProgressCallback | None) -> P
                "--output", str(raw_path)]
         if progress is not None:
             progress(0.0, f"sampling pid {inp.pid} with py-spy for {inp.duration:g} s")
-        code, timed_out = await _spawn(cmd, folder, inp.duration + 30, out, err, progress,
+        code, timed_out = await run_bounded(cmd, folder, inp.duration + 30, out, err, progress,
                                        f"sampling pid {inp.pid}")
-        stderr = tail(_read_tail(err) + _read_tail(out))
+        stderr = tail(read_tail(err) + read_tail(out))
         if timed_out or code != 0 or not raw_path.exists():
             raise ToolError("sampling_failed",
                             f"py-spy could not sample pid {inp.pid}"
