@@ -37,6 +37,9 @@ app.add_typer(baselines_app, name="baselines")
 budget_app = typer.Typer(help="Check measurements against performance budgets.",
                          no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
+kb_app = typer.Typer(help="The knowledge base: ingest your documents, search, inspect, rebuild.",
+                     no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
 
 #: Exit codes: 1 a structured error, 3 a measured value outside its budget.
 EXIT_ERROR = 1
@@ -613,6 +616,162 @@ def _baselines(method: str, *args: Any) -> Any:
         return getattr(BaselineStore(Settings().state_dir), method)(*args)
     except BaselineStoreError as exc:
         raise _fail("baseline_store", str(exc), "move the file aside and run again") from None
+
+
+# --------------------------------------------------------------------------- knowledge base
+
+
+def _kb_call(action: Any) -> Any:
+    """Run a knowledge-store action; its structured errors become CLI errors."""
+    from agent.knowledge import KnowledgeError
+
+    try:
+        return action()
+    except KnowledgeError as exc:
+        raise _fail(exc.code, exc.message, exc.hint) from None
+
+
+def _kb_ingest_with_progress(run: Any, label: str) -> Any:
+    """Run an ingest-like call with a progress bar (passages written, passages/s) on stderr."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    now = time.perf_counter()
+    phase = {"total": -1.0, "started": now, "last": now}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), console=_console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(label, total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if total != phase["total"]:  # a new phase (rebuild: playbooks, then documents)
+                phase.update(total=total, started=phase["last"])
+            phase["last"] = now
+            rate = done / max(now - phase["started"], 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:,.1f} chunks/s")
+
+        return _kb_call(lambda: run(progress))
+
+
+def _kb_print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    console = _console()
+    style = {"ingested": "green", "unchanged": "dim", "skipped": "yellow", "removed": "cyan"}
+    for f in report.files:
+        detail = f.reason if f.status in ("skipped", "removed") else (
+            f"{f.chunks} chunk(s), {f.added} new, {f.removed} removed")
+        console.print(f"[{style[f.status]}]{f.status:>9}[/] {f.path}: {detail}", soft_wrap=True)
+    console.print(f"{report.chunks} chunk(s) in {len(report.files) - len(report.skipped)} "
+                  f"file(s): {report.added} embedded, {report.removed} removed, "
+                  f"{len(report.skipped)} file(s) skipped; {report.seconds:.1f} s, "
+                  f"{report.chunks_per_second:,.1f} chunks/s", soft_wrap=True)
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    paths: Annotated[list[Path], typer.Argument(
+        help="files or folders (walked) of Markdown, reStructuredText or other UTF-8 text")],
+    as_json: JsonOption = False,
+) -> None:
+    """Add runbooks, postmortems and architecture docs; re-ingesting is idempotent.
+
+    Changed files have their changed passages re-embedded, passages gone from a
+    file are deleted, and files gone from an ingested folder are removed.
+    Binary or unreadable files are reported and skipped; the others ingest.
+    """
+    from agent import knowledge
+
+    store = _kb_call(knowledge.get_store)
+    report = _kb_ingest_with_progress(lambda progress: store.ingest(paths, progress),
+                                      "embedding")
+    _kb_print_report(report, as_json)
+    if report.files and all(f.status == "skipped" for f in report.files):
+        raise _fail("nothing_ingested", "every path was skipped (see above)",
+                    "give Markdown, reStructuredText or other UTF-8 text files")
+
+
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument(help="what to look for")],
+    k: Annotated[int, typer.Option("-k", help="how many passages", min=1, max=50)] = 5,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="vector, keyword or hybrid (default: the measured best)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search the playbooks and your ingested documents."""
+    from agent import knowledge
+
+    if mode is not None and mode not in ("vector", "keyword", "hybrid"):
+        raise _fail("invalid_arguments", f"--mode {mode!r} is not a mode",
+                    "use vector, keyword or hybrid")
+    hits = _kb_call(lambda: knowledge.search(query, k, mode))  # type: ignore[arg-type]
+    if as_json:
+        sys.stdout.write(json.dumps(hits, indent=2) + "\n")
+        return
+    console = _console()
+    if not hits:
+        console.print("[dim]no passage matches[/]")
+    for rank, hit in enumerate(hits, start=1):
+        snippet = " ".join(str(hit["text"]).split())
+        console.print(f"[bold]{rank}.[/] [cyan]{hit['source']}[/] · {hit['heading']} "
+                      f"[dim]({hit['kind']}, score {hit['score']})[/]", soft_wrap=True)
+        console.print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}", soft_wrap=True,
+                      markup=False)
+
+
+@kb_app.command("stats")
+def kb_stats(as_json: JsonOption = False) -> None:
+    """Where the store is, what it holds, and the sources `kb rebuild` re-reads."""
+    from agent import knowledge
+
+    def collect() -> dict[str, Any]:
+        store = knowledge.get_store()
+        store.sync_playbooks()
+        return store.stats()
+
+    info = _kb_call(collect)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    console = _console()
+    console.print(f"store: {info['location']}" + (
+        f" ({info['bytes'] / 1e6:,.1f} MB)" if "bytes" in info else ""), soft_wrap=True)
+    console.print(f"model: {info['model']}")
+    for name, counts in info["collections"].items():
+        console.print(f"{name}: {counts['chunks']} chunk(s) from {counts['files']} file(s)")
+    for source in info["sources"]:
+        console.print(f"  source: {source}", soft_wrap=True)
+
+
+@kb_app.command("forget")
+def kb_forget(
+    paths: Annotated[list[Path], typer.Argument(help="ingested files or folders to remove")],
+) -> None:
+    """Remove ingested documents (a file, or everything under a folder) from the store."""
+    from agent import knowledge
+
+    removed = _kb_call(lambda: knowledge.get_store().forget(paths))
+    _console().print(f"removed {removed} chunk(s)")
+
+
+@kb_app.command("rebuild")
+def kb_rebuild(as_json: JsonOption = False) -> None:
+    """Delete the store (also a corrupted one) and build it again.
+
+    The shipped playbooks are embedded anew, then your documents are re-read
+    from the files and folders you ingested (see `perfagent kb stats`).
+    """
+    from agent import knowledge
+
+    store = _kb_call(knowledge.get_store)
+    report = _kb_ingest_with_progress(store.rebuild, "rebuilding")
+    if not as_json:
+        _console().print(f"rebuilt {store.location}", soft_wrap=True)
+    _kb_print_report(report, as_json)
 
 
 def _library() -> Any:

@@ -30,6 +30,7 @@ from agent import knowledge
 from agent.baselines import BaselineStore, BaselineStoreError, git_revision
 from agent.checks import CHECKS, CheckInput, revision_feedback
 from agent.context import Settings
+from agent.knowledge import KnowledgeError
 from agent.models import ChatModel, ModelRequest, ToolSchema, build_model
 from agent.models.offline import REVISION_SENDER
 from agent.persona import Persona, get_persona
@@ -194,11 +195,17 @@ def _recall(question: str, settings: Settings) -> tuple[list[dict[str, Any]], li
     if not question:
         return [], []
     names = named_targets(question)
+    # A broken store must not block measuring: the turn goes on without it, and
+    # `perfagent baselines` / `perfagent kb stats` report the problem with its fix.
     try:
         earlier = BaselineStore(settings.state_dir).latest_for(names) if names else []
     except BaselineStoreError:
-        earlier = []  # a broken store must not block the turn; `perfagent baselines` reports it
-    return knowledge.search(question, 3), [b.model_dump() for b in earlier]
+        earlier = []
+    try:
+        passages = knowledge.search(question, 3, state_dir=settings.state_dir)
+    except KnowledgeError:
+        passages = []
+    return passages, [b.model_dump() for b in earlier]
 
 
 async def agent(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -15,10 +15,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Threads, baselines and caches go to a temporary folder; no API key leaks in."""
+def isolated_state(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Threads, baselines and the knowledge store go to a temporary folder; no API key
+    leaks in. Embedded vectors are shared across the session's tests (and their
+    subprocesses): the playbooks are the same text every time."""
     state = tmp_path / "state"
     monkeypatch.setenv("PERFAGENT_STATE_DIR", str(state))
+    monkeypatch.setenv("PERFAGENT_EMBEDDING_CACHE",
+                       str(tmp_path_factory.getbasetemp() / "embeddings"))
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("PERFAGENT_MODEL", raising=False)
     return state

@@ -21,7 +21,7 @@ def test_wheel_installs_and_finds_its_data(tmp_path: Path) -> None:
     for expected in ("prompts/personas/performance-engineer.md",
                      "prompts/templates/system.md.j2", "prompts/templates/offline_answer.md.j2",
                      "prompts/knowledge/n-plus-one-queries.md", "examples/slow_service.py",
-                     "agent/cli.py", "tools/loadtest.py"):
+                     "agent/cli.py", "tools/loadtest.py", "agent/knowledge/vocab/all-MiniLM-L6-v2-vocab.txt"):
         assert expected in names, expected
     assert not any(n.startswith("tests/") for n in names)
 
