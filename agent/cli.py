@@ -231,7 +231,10 @@ def chat(model: ModelOption = None, thread: ThreadOption = None,
     """Chat in the terminal; answers stream as they are written. /exit to leave."""
     from agent.run import new_thread_id
 
+    from agent.knowledge import warm_up
+
     settings = _settings(model, persona)
+    warm_up(settings.state_dir)  # the store and model load while the user types
     console = _console()
     thread_id = thread or new_thread_id()
     console.print(f"[bold]perfagent[/] · {settings.model} · thread [cyan]{thread_id}[/] "
