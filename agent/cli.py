@@ -229,9 +229,8 @@ def ask(
 def chat(model: ModelOption = None, thread: ThreadOption = None,
          persona: PersonaOption = None) -> None:
     """Chat in the terminal; answers stream as they are written. /exit to leave."""
-    from agent.run import new_thread_id
-
     from agent.knowledge import warm_up
+    from agent.run import new_thread_id
 
     settings = _settings(model, persona)
     warm_up(settings.state_dir)  # the store and model load while the user types
