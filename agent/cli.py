@@ -477,6 +477,57 @@ def personas_validate(
 # --------------------------------------------------------------------------- budgets
 
 
+# --------------------------------------------------------------------------- serving
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind; non-loopback needs API keys")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    model: ModelOption = None,
+    persona: PersonaOption = None,
+) -> None:
+    """Serve the HTTP API, the OpenAI-compatible endpoint, MCP at /mcp and the web chat page."""
+    from agent.server.config import ServerConfig, ServerConfigError
+
+    settings = _settings(model, persona)
+    try:
+        config = ServerConfig.from_env(host=host, port=port)
+    except ServerConfigError as exc:
+        raise _fail(exc.code, exc.message, exc.hint) from None
+    from agent.server.app import run_server
+
+    run_server(config, settings)
+
+
+@app.command()
+def mcp(
+    http: Annotated[bool, typer.Option("--http", help="serve Streamable HTTP instead of stdio")] = (
+        False),
+    host: Annotated[str, typer.Option(help="address to bind with --http")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port with --http")] = 8001,
+    model: ModelOption = None,
+    persona: PersonaOption = None,
+) -> None:
+    """Run the MCP server: stdio by default (for IDE assistants), or Streamable HTTP."""
+    from agent.server import mcp as mcp_server
+
+    settings = _settings(model, persona)
+    if http:
+        mcp_server.serve_http(settings, host=host, port=port)
+    else:
+        mcp_server.serve_stdio(settings)
+
+
+@app.command()
+def acp(model: ModelOption = None, persona: PersonaOption = None) -> None:
+    """Run as an Agent Client Protocol agent over stdio (Zed, JetBrains)."""
+    from agent.server import acp as acp_agent
+
+    acp_agent.serve_stdio(_settings(model, persona))
+
+
 def _persona_budgets(name: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
     """(persona name, {measurement: comparison with unit}, {measurement: label})."""
     from agent.context import Settings

@@ -101,7 +101,7 @@ def _as_turn_error(exc: BaseException) -> TurnError:
                      "this is a perfagent bug; the thread's earlier turns are intact")
 
 
-async def stream_turn(
+def stream_turn(
     message: str,
     *,
     thread_id: str | None = None,
@@ -109,6 +109,7 @@ async def stream_turn(
     checkpointer: Any = None,
     model: ChatModel | None = None,
     node_events: bool = True,
+    record: bool = True,
 ) -> AsyncIterator[RunEvent]:
     """Run one turn and yield its events; the last is ``final`` (or ``error``).
 
@@ -117,7 +118,29 @@ async def stream_turn(
     ``model`` overrides the provider built from ``settings.model`` (tests,
     benchmarks and evals inject scripted models this way). ``node_events=False``
     leaves out node_start/node_end events for callers that do not show them.
+    ``record=False`` keeps the turn out of the thread index (:mod:`agent.threads`),
+    e.g. for benchmarks. When metrics are on (:mod:`agent.telemetry`), the events
+    are observed on their way out.
     """
+    from agent.telemetry import active_metrics
+
+    events = _turn_events(message, thread_id=thread_id, settings=settings,
+                          checkpointer=checkpointer, model=model, node_events=node_events,
+                          record=record)
+    metrics = active_metrics()
+    return metrics.observe(events) if metrics is not None else events
+
+
+async def _turn_events(
+    message: str,
+    *,
+    thread_id: str | None,
+    settings: Settings | None,
+    checkpointer: Any,
+    model: ChatModel | None,
+    node_events: bool,
+    record: bool,
+) -> AsyncIterator[RunEvent]:
     from agent.graph import make_context
 
     settings = settings or Settings()
@@ -142,14 +165,16 @@ async def stream_turn(
             # "values" hands over the state after each step, so the final state needs
             # no extra checkpoint read; "exit" durability writes the checkpoint once,
             # when the turn ends (also when it fails), instead of after every step.
-            async for mode, chunk in graph.astream(
+            steps = graph.astream(
                 {"messages": [HumanMessage(content=message)]}, config,
                 context=context, stream_mode=["custom", "values"], durability="exit",
-            ):
-                if mode == "custom":
-                    yield RunEvent.model_construct(type=chunk["type"], data=chunk["data"])
-                else:
-                    final_state = chunk
+            )
+            async with aclosing(steps):  # a consumer that stops early stops the graph now
+                async for mode, chunk in steps:
+                    if mode == "custom":
+                        yield RunEvent.model_construct(type=chunk["type"], data=chunk["data"])
+                    else:
+                        final_state = chunk
         except Exception as exc:  # reported as an error event; the thread stays intact
             failure = _as_turn_error(exc)
     if failure is not None:
@@ -158,6 +183,10 @@ async def stream_turn(
     result = _turn_result(final_state, thread_id=thread_id, model=context.model.spec,
                           persona=context.persona.name,
                           total_ms=(time.perf_counter() - started) * 1000)
+    if record:
+        from agent.threads import thread_index
+
+        await thread_index(settings.state_dir).arecord(thread_id, message, result)
     yield RunEvent(type="final", data=result.model_dump(mode="json"))
 
 
@@ -184,16 +213,21 @@ def _compiled(saver: Any) -> Any:
     return _GRAPHS[key]
 
 
-async def run_turn(message: str, **kwargs: Any) -> TurnResult:
-    """Run one turn to completion; raise :class:`TurnError` if it fails."""
-    kwargs.setdefault("node_events", False)
-    async with aclosing(stream_turn(message, **kwargs)) as events:
-        async for event in events:
+async def final_result(events: AsyncIterator[RunEvent]) -> TurnResult:
+    """Drain a turn's events: its TurnResult, or :class:`TurnError` if it failed."""
+    async with aclosing(events) as stream:
+        async for event in stream:
             if event.type == "final":
                 return TurnResult.model_validate(event.data)
             if event.type == "error":
                 raise TurnError(**event.data)
     raise TurnError("internal_error", "the turn ended without a result", "retry the turn")
+
+
+async def run_turn(message: str, **kwargs: Any) -> TurnResult:
+    """Run one turn to completion; raise :class:`TurnError` if it fails."""
+    kwargs.setdefault("node_events", False)
+    return await final_result(stream_turn(message, **kwargs))
 
 
 async def thread_history(thread_id: str, *, settings: Settings | None = None,

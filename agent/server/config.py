@@ -1,0 +1,106 @@
+"""Server settings: where it listens and what it lets in, each overridable from the environment.
+
+The safety rule: a server bound to anything but loopback must have API keys,
+and keeps code-running tools off unless its operator turns them on, so that
+an API key never becomes remote code execution on the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from agent.context import Settings
+
+#: Requests larger than this are refused with 413 (1 MiB is far beyond any question).
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+
+
+class ServerConfigError(Exception):
+    """The server cannot start with this configuration; ``hint`` says how to fix it."""
+
+    def __init__(self, code: str, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
+def _env_flag(name: str) -> bool | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ServerConfigError("invalid_setting", f"{name}={raw!r} is not an integer",
+                                f"set {name} to a positive whole number") from None
+    if value < 1:
+        raise ServerConfigError("invalid_setting", f"{name}={raw!r} must be at least 1",
+                                f"set {name} to a positive whole number")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the HTTP server runs. Build it with :meth:`from_env` to apply the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Bearer keys accepted (``PERFAGENT_API_KEYS``, comma-separated). Empty: no auth,
+    #: which is only allowed on loopback.
+    api_keys: tuple[str, ...] = ()
+    #: Origins allowed to call the API from a browser (``PERFAGENT_CORS_ORIGINS``);
+    #: none by default: the served page is same-origin and needs none.
+    cors_origins: tuple[str, ...] = ()
+    #: Turns allowed to run at once (``PERFAGENT_MAX_RUNS``); past it, 429.
+    max_concurrent_runs: int = 16
+    #: Largest accepted request body (``PERFAGENT_MAX_BODY_BYTES``); past it, 413.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Offer tools that run code or read files (``PERFAGENT_ALLOW_CODE_TOOLS``).
+    #: Default: on for loopback, off for any other address.
+    allow_code_tools: bool = True
+
+    @classmethod
+    def from_env(cls, *, host: str = "127.0.0.1", port: int = 8000) -> ServerConfig:
+        """The configuration for ``host:port`` with the environment applied and checked."""
+        keys = _env_list("PERFAGENT_API_KEYS")
+        loopback = is_loopback(host)
+        if not loopback and not keys:
+            raise ServerConfigError(
+                "api_keys_required",
+                f"binding {host} exposes the agent beyond this machine, and no API key is set",
+                "set PERFAGENT_API_KEYS=key1,key2 (clients send 'Authorization: Bearer key1'), "
+                "or bind 127.0.0.1")
+        code_tools = _env_flag("PERFAGENT_ALLOW_CODE_TOOLS")
+        return cls(
+            host=host, port=port, api_keys=keys,
+            cors_origins=_env_list("PERFAGENT_CORS_ORIGINS"),
+            max_concurrent_runs=_env_int("PERFAGENT_MAX_RUNS", 16),
+            max_body_bytes=_env_int("PERFAGENT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            allow_code_tools=loopback if code_tools is None else code_tools,
+        )
+
+    def agent_settings(self, settings: Settings) -> Settings:
+        """The run settings this server uses: code tools follow the server's rule."""
+        return settings.with_overrides(allow_code_tools=self.allow_code_tools)

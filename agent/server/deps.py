@@ -1,0 +1,101 @@
+"""What the HTTP routes share: the error type, the service, the thread check, the run slot.
+
+Kept apart from :mod:`agent.server.app` so that the route modules (the
+native API and the OpenAI-compatible one) depend on it, not on each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Path, Request
+
+from agent.run import TurnError
+from agent.service import AgentService, RunsBusy, RunSlot
+
+T = TypeVar("T")
+
+#: Turn errors that are the caller's doing answer 4xx; the rest say the server failed.
+_ERROR_STATUS = {"unknown_model": 400, "model_error": 502, "missing_api_key": 400}
+#: Seconds a client told "busy" should wait before retrying.
+RETRY_AFTER_S = 2
+
+ThreadId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                               description="a thread id from POST /v1/threads")]
+
+
+class ApiError(Exception):
+    """An HTTP error with a stable code and a hint, rendered in the shared error shape."""
+
+    def __init__(self, status: int, code: str, message: str, hint: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.hint = status, code, message, hint
+        self.headers = headers or {}
+
+
+def _service(request: Request) -> AgentService:
+    return request.app.state.service
+
+
+Service = Annotated[AgentService, Depends(_service)]
+
+
+def _existing_thread(thread_id: ThreadId, service: Service) -> str:
+    if service.thread(thread_id) is None:
+        raise ApiError(404, "thread_not_found", f"there is no thread {thread_id!r}",
+                       "create one with POST /v1/threads, or list them with GET /v1/threads")
+    return thread_id
+
+
+ExistingThread = Annotated[str, Depends(_existing_thread)]
+
+
+class RunLease:
+    """A run slot held for a whole request, and the turn streams it started.
+
+    When the request ends, however it ends, each stream is closed and the slot
+    released. Closing matters: a client that hangs up mid-stream leaves the
+    turn's generator suspended, and only closing it stops the graph and kills
+    the tool processes it started.
+    """
+
+    def __init__(self, slot: RunSlot) -> None:
+        self.slot = slot
+        self._streams: list[AsyncGenerator[Any, None]] = []
+
+    def track(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        self._streams.append(stream)
+        return stream
+
+    async def end(self) -> None:
+        try:
+            for stream in self._streams:
+                await stream.aclose()
+        finally:
+            self.slot.release()
+
+
+async def _run_lease(service: Service) -> AsyncIterator[RunLease]:
+    """The lease for one request, or the 429 that tells the client to come back.
+    Its slot is released even when the request then fails validation."""
+    try:
+        lease = RunLease(service.reserve())
+    except RunsBusy as exc:
+        raise ApiError(429, "too_many_runs", str(exc),
+                       f"retry after {RETRY_AFTER_S} s, or raise PERFAGENT_MAX_RUNS on the server",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    try:
+        yield lease
+    finally:
+        await lease.end()
+
+
+Lease = Annotated[RunLease, Depends(_run_lease)]
+
+
+def turn_error(error: TurnError) -> ApiError:
+    return ApiError(_ERROR_STATUS.get(error.code, 500), error.code, error.message, error.hint)
+
+

@@ -1,0 +1,183 @@
+"""The agent as a long-lived service: what every serving surface shares.
+
+The HTTP server, the OpenAI-compatible endpoint, the MCP server and the ACP
+agent all run turns through one :class:`AgentService`. It keeps one
+checkpointer open for its lifetime (instead of opening SQLite per turn), owns
+the thread index, and caps how many turns run at once: past the cap,
+:meth:`AgentService.reserve` refuses at once (HTTP answers 429) rather than
+queueing work the caller may have given up on. The turn itself is
+:func:`agent.run.stream_turn`; nothing here changes what a turn does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, aclosing
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.context import Settings
+from agent.models import ChatModel
+from agent.results import RunEvent, TurnResult
+from agent.run import final_result, new_thread_id, open_checkpointer, stream_turn, thread_history
+from agent.threads import RecordedTurn, ThreadIndex, ThreadInfo, thread_index
+
+
+class RunsBusy(Exception):
+    """Every run slot is taken; the caller should retry later."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} turns are already running; retry in a few seconds")
+        self.limit = limit
+
+
+class ThreadHistory(BaseModel):
+    """A thread: its index entry, its messages (user and assistant) and its past TurnResults."""
+
+    thread: ThreadInfo
+    messages: list[dict[str, Any]]
+    turns: list[RecordedTurn]
+
+
+class RunSlot:
+    """One reserved run slot; releasing it twice is harmless."""
+
+    def __init__(self, service: AgentService) -> None:
+        self._service = service
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._service._active -= 1
+
+
+class AgentService:
+    """Runs turns for a serving surface: one open checkpointer, a thread index, a run cap.
+
+    Use it as an async context manager. ``model`` replaces the provider built
+    from the settings (tests and benchmarks inject scripted models this way).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, max_concurrent_runs: int = 16,
+                 model: ChatModel | None = None) -> None:
+        self.settings = settings or Settings()
+        self.max_concurrent_runs = max_concurrent_runs
+        self._model = model
+        self._active = 0
+        self._stack: AsyncExitStack | None = None
+        self._checkpointer: Any = None
+        self.index: ThreadIndex = thread_index(self.settings.state_dir)
+
+    async def __aenter__(self) -> AgentService:
+        self._stack = AsyncExitStack()
+        self._checkpointer = await self._stack.enter_async_context(
+            open_checkpointer(self.settings))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = None
+        self._checkpointer = None
+
+    @property
+    def active_runs(self) -> int:
+        return self._active
+
+    def reserve(self) -> RunSlot:
+        """Take a run slot now, or raise :class:`RunsBusy` if all are taken."""
+        if self._active >= self.max_concurrent_runs:
+            raise RunsBusy(self.max_concurrent_runs)
+        self._active += 1
+        return RunSlot(self)
+
+    # ------------------------------------------------------------------ threads
+
+    def create_thread(self, title: str = "") -> ThreadInfo:
+        return self.index.ensure(new_thread_id(), title)
+
+    def thread(self, thread_id: str) -> ThreadInfo | None:
+        return self.index.get(thread_id)
+
+    def threads(self, limit: int = 50) -> list[ThreadInfo]:
+        return self.index.list(limit)
+
+    async def history(self, thread_id: str) -> ThreadHistory | None:
+        """The thread's messages and past TurnResults; None for a thread that does not exist."""
+        info = self.index.get(thread_id)
+        if info is None:
+            return None
+        messages = await thread_history(thread_id, settings=self.settings,
+                                        checkpointer=self._checkpointer)
+        return ThreadHistory(thread=info, messages=messages, turns=self.index.turns(thread_id))
+
+    # ------------------------------------------------------------------ turns
+
+    def settings_for(self, model: str | None, persona: str | None = None) -> Settings:
+        return self.settings.with_overrides(model=model, persona=persona)
+
+    async def stream(self, message: str, *, thread_id: str | None = None,
+                     model: str | None = None, persona: str | None = None,
+                     slot: RunSlot | None = None,
+                     node_events: bool = True) -> AsyncIterator[RunEvent]:
+        """Run one turn and yield its events (see :func:`agent.run.stream_turn`).
+
+        Pass a ``slot`` from :meth:`reserve` when the caller must answer "busy"
+        before it starts streaming; otherwise one is reserved here. The slot is
+        released when the turn ends, fails or is cancelled.
+        """
+        slot = slot or self.reserve()
+        try:
+            thread_id = thread_id or self.create_thread(message).thread_id
+            events = stream_turn(message, thread_id=thread_id,
+                                 settings=self.settings_for(model, persona),
+                                 checkpointer=self._checkpointer, model=self._model,
+                                 node_events=node_events)
+            async for event in _in_own_task(events):
+                yield event
+        finally:
+            slot.release()
+
+    async def run(self, message: str, *, thread_id: str | None = None, model: str | None = None,
+                  persona: str | None = None, slot: RunSlot | None = None) -> TurnResult:
+        """Run one turn to completion; raise :class:`TurnError` if it fails."""
+        return await final_result(self.stream(message, thread_id=thread_id, model=model,
+                                              persona=persona, slot=slot, node_events=False))
+
+
+#: Events a turn may run ahead of a slow reader before it waits for the reader.
+_EVENT_BUFFER = 256
+_DONE = object()
+
+
+async def _in_own_task(events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEvent]:
+    """Drive a turn in a task of its own and pass its events on.
+
+    Servers cancel a request's work through anyio cancel scopes, which keep
+    cancelling every await inside them; a turn stopped that way can have its
+    cleanup interrupted and leave a tool's task (and the process it started)
+    running. Owning the task means the turn is stopped with one plain
+    ``Task.cancel()`` when the reader goes away, however it goes away.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue(_EVENT_BUFFER)
+
+    async def drive() -> None:
+        try:
+            async with aclosing(events) as stream:
+                async for event in stream:
+                    await queue.put(event)
+        except Exception as exc:  # the turn turns its own failures into events; not this
+            await queue.put(exc)
+        await queue.put(_DONE)
+
+    task = asyncio.create_task(drive())
+    try:
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        task.cancel()
