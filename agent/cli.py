@@ -512,12 +512,16 @@ def mcp(
 ) -> None:
     """Run the MCP server: stdio by default (for IDE assistants), or Streamable HTTP."""
     from agent.server import mcp as mcp_server
+    from agent.server.config import ServerConfigError
 
     settings = _settings(model, persona)
-    if http:
-        mcp_server.serve_http(settings, host=host, port=port)
-    else:
-        mcp_server.serve_stdio(settings)
+    try:
+        if http:
+            mcp_server.serve_http(settings, host=host, port=port)
+        else:
+            mcp_server.serve_stdio(settings)
+    except ServerConfigError as exc:
+        raise _fail(exc.code, exc.message, exc.hint) from None
 
 
 @app.command()
