@@ -24,13 +24,24 @@ from agent.context import Settings
 from agent.results import TurnResult
 from agent.run import TurnError
 from agent.server.config import ServerConfig
-from agent.server.deps import ApiError, ExistingThread, Lease, Service, turn_error
+from agent.server.deps import (
+    ApiError,
+    ExistingThread,
+    Lease,
+    Service,
+    error_responses,
+    turn_error,
+)
 from agent.server.guards import BearerAuth, BodyLimit, error_body
 from agent.service import AgentService, ThreadHistory
 from agent.threads import ThreadInfo
 
 #: Longest question accepted; a longer one is almost surely a mistake (a pasted file).
 MAX_MESSAGE_CHARS = 32_000
+#: The model specs agent.models.parse_spec accepts, for the schema (it stays the judge).
+MODEL_SPEC_PATTERN = r"^\s*(offline|anthropic(:.*)?|openai:.*\S.*)\s*$"
+#: What a run can answer besides its result (a stream reports model failures as events).
+RUN_ERRORS = (404, 429, 500, 502)
 
 
 class RunRequest(BaseModel):
@@ -38,18 +49,11 @@ class RunRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS,
-                         description="the user's question or request")
-    model: str | None = Field(None, max_length=200,
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=r"\S",
+                         description="the user's question or request (not blank)")
+    model: str | None = Field(None, max_length=200, pattern=MODEL_SPEC_PATTERN,
                               description="offline, anthropic:<model> or openai:<model>; "
                                           "the server's default when omitted")
-
-    @field_validator("message")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the message is blank")
-        return value
 
     @field_validator("model")
     @classmethod
@@ -117,7 +121,7 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
             allow_headers=["authorization", "content-type", "mcp-session-id",
                            "mcp-protocol-version"]))
     app = FastAPI(title="perfagent", version=_version(), lifespan=lifespan,
-                  middleware=middleware,
+                  middleware=middleware, responses=error_responses(400, 401, 413, 422),
                   description="The performance-engineer agent: it measures before it answers.")
     app.state.service = service
     app.state.config = config
@@ -149,7 +153,7 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
         return service.create_thread(body.title if body else "")
 
     @app.get("/v1/threads/{thread_id}", tags=["threads"],
-             responses={404: {"description": "unknown thread"}})
+             responses=error_responses(404))
     async def get_thread(thread_id: ExistingThread, service: Service) -> ThreadHistory:
         """The thread's messages and the TurnResult of each past turn."""
         history = await service.history(thread_id)
@@ -158,8 +162,7 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
         return history
 
     @app.post("/v1/threads/{thread_id}/runs", tags=["runs"],
-              responses={404: {"description": "unknown thread"},
-                         429: {"description": "too many runs at once"}})
+              responses=error_responses(*RUN_ERRORS))
     async def run(thread_id: ExistingThread, body: RunRequest, service: Service,
                   lease: Lease) -> TurnResult:
         """Run one turn and answer with its TurnResult."""
@@ -170,9 +173,7 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
             raise turn_error(exc) from None
 
     @app.post("/v1/threads/{thread_id}/runs/stream", tags=["runs"],
-              response_class=EventSourceResponse,
-              responses={404: {"description": "unknown thread"},
-                         429: {"description": "too many runs at once"}})
+              response_class=EventSourceResponse, responses=error_responses(404, 429))
     async def run_stream(thread_id: ExistingThread, body: RunRequest, service: Service,
                          lease: Lease) -> AsyncIterator[ServerSentEvent]:
         """Run one turn and stream its events: ``event:`` is the type, ``data:`` its JSON.
@@ -216,8 +217,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = getattr(exc, "code", None) or {404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error")
         hint = getattr(exc, "hint", "see GET /docs for the routes")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only its first route's
+            headers["Allow"] = ", ".join(_methods_of(request.app, request.url.path))
         return JSONResponse(error_body(code, str(exc.detail), hint),
-                            status_code=exc.status_code, headers=exc.headers)
+                            status_code=exc.status_code, headers=headers)
+
+
+def _methods_of(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= route_methods
+    return sorted(methods - {"HEAD"})
 
 
 def _mount_page(app: FastAPI) -> None:

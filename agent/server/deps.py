@@ -10,11 +10,52 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Request
+from pydantic import BaseModel, Field
 
 from agent.run import TurnError
 from agent.service import AgentService, RunsBusy, RunSlot
 
 T = TypeVar("T")
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable")
+    message: str
+    hint: str = Field("", description="what to do next")
+    fields: list[FieldProblem] | None = Field(None, description="the invalid fields (422 only)")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error this server answers."""
+
+    error: ErrorDetail
+
+
+_STATUS_MEANING = {
+    400: "the request cannot be served as asked",
+    401: "a valid API key is required",
+    404: "no such thread or model",
+    413: "the request body is too large",
+    422: "the request is malformed; the named fields say why",
+    429: "too many turns are running; retry after the Retry-After seconds",
+    500: "the server failed; the thread's earlier turns are intact",
+    502: "the language model failed",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for these error statuses, all in the shared shape.
+
+    Errors are JSON even on a streaming route, whose responses FastAPI would
+    otherwise document in the stream's media type only."""
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    return {status: {"model": ErrorResponse, "description": _STATUS_MEANING[status],
+                     "content": json_body} for status in statuses}
 
 #: Turn errors that are the caller's doing answer 4xx; the rest say the server failed.
 _ERROR_STATUS = {"unknown_model": 400, "model_error": 502, "missing_api_key": 400}
