@@ -529,7 +529,10 @@ def acp(model: ModelOption = None, persona: PersonaOption = None) -> None:
     """Run as an Agent Client Protocol agent over stdio (Zed, JetBrains)."""
     from agent.server import acp as acp_agent
 
-    acp_agent.serve_stdio(_settings(model, persona))
+    try:
+        acp_agent.serve_stdio(_settings(model, persona))
+    except acp_agent.AcpStdioError as exc:
+        raise _fail(exc.code, exc.message, exc.hint) from None
 
 
 def _persona_budgets(name: str | None) -> tuple[str, dict[str, str], dict[str, str]]:

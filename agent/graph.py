@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -29,7 +29,7 @@ from langgraph.runtime import Runtime
 from agent import knowledge
 from agent.baselines import BaselineStore, BaselineStoreError, git_revision
 from agent.checks import CHECKS, CheckInput, revision_feedback
-from agent.context import Settings
+from agent.context import Settings, default_model
 from agent.knowledge import KnowledgeError
 from agent.models import ChatModel, ModelRequest, ToolSchema, build_model
 from agent.models.offline import REVISION_SENDER
@@ -101,6 +101,28 @@ def make_context(settings: Settings, persona_name: str, *, depth: int = 0,
     )
 
 
+@dataclass
+class ServerContext:
+    """What a LangGraph server (``langgraph dev``, Studio) may set per run; everything
+    else comes from the environment, as for the CLI."""
+
+    model: str = field(default_factory=default_model)
+    persona: str = "performance-engineer"
+
+
+@cache
+def _server_context(model: str, persona: str) -> RunContext:
+    return make_context(Settings(model=model, persona=persona), persona)
+
+
+def context_from_settings(given: ServerContext | dict[str, Any] | None) -> RunContext:
+    """The run context for a graph run that was not started by perfagent's run API."""
+    if isinstance(given, dict):
+        given = ServerContext(**{k: v for k, v in given.items() if k in ("model", "persona")})
+    given = given or ServerContext()
+    return _server_context(given.model, given.persona)
+
+
 # --------------------------------------------------------------------------- node helpers
 
 Node = Callable[[AgentState, Runtime[RunContext]], Awaitable[dict[str, Any]]]
@@ -110,6 +132,8 @@ def timed(name: str, node: Node) -> Node:
     """Wrap a node: emit node_start/node_end events and record its time in ``timings``."""
 
     async def wrapper(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        if not isinstance(runtime.context, RunContext):  # run by a LangGraph server
+            runtime = runtime.override(context=context_from_settings(runtime.context))
         emit = runtime.stream_writer if runtime.context.node_events else None
         depth = runtime.context.depth
         if emit:
@@ -382,15 +406,19 @@ def route_agent(state: AgentState) -> str | list[str]:
 
 def route_gate(state: AgentState, runtime: Runtime[RunContext]) -> str:
     failed = any(c["status"] == "fail" for c in state.get("checks", {}).values())
-    if failed and state.get("revisions", 0) < runtime.context.settings.max_revisions:
+    settings = (runtime.context.settings if isinstance(runtime.context, RunContext)
+                else context_from_settings(runtime.context).settings)
+    if failed and state.get("revisions", 0) < settings.max_revisions:
         return "revise"
     return "finalize"
 
 
-def build_graph(checkpointer: Any = None) -> Any:
+def build_graph(checkpointer: Any = None, context_schema: type = RunContext) -> Any:
     """Compile the agent graph. ``checkpointer=False`` runs it without persistence
-    (sub-agents); ``None`` with no parent means no persistence either."""
-    graph = StateGraph(AgentState, context_schema=RunContext)
+    (sub-agents); ``None`` with no parent means no persistence either.
+    ``context_schema=ServerContext`` is the graph a LangGraph server runs (see
+    ``langgraph.json``): it builds each run's context from the environment."""
+    graph = StateGraph(AgentState, context_schema=context_schema)
     graph.add_node("prepare", timed("prepare", prepare))
     graph.add_node("agent", timed("agent", agent))
     graph.add_node("tools", timed("tools", tools))

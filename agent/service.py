@@ -181,3 +181,6 @@ async def _in_own_task(events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEven
             yield item
     finally:
         task.cancel()
+        # Wait for the turn's cleanup (its tools' processes killed) before the caller
+        # hears that the turn is over; a reader cancelled again stops waiting at once.
+        await asyncio.wait({task})
