@@ -41,17 +41,38 @@ class ThreadHistory(BaseModel):
     turns: list[RecordedTurn]
 
 
+class ThreadBusy(Exception):
+    """A turn is already running on this thread; two at once would interleave its state."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"a turn is already running on thread {thread_id!r}")
+        self.thread_id = thread_id
+        self.hint = "wait for it to finish (or cancel it), then send the next message"
+
+
 class RunSlot:
-    """One reserved run slot; releasing it twice is harmless."""
+    """One reserved run slot, bound to the thread it runs on; releasing it twice is harmless."""
 
     def __init__(self, service: AgentService) -> None:
         self._service = service
         self._held = True
+        self.thread_id: str | None = None
+
+    def bind(self, thread_id: str) -> None:
+        """Claim ``thread_id`` for this slot, or raise :class:`ThreadBusy`."""
+        if self.thread_id == thread_id:
+            return
+        running = self._service._threads_running
+        if thread_id in running:
+            raise ThreadBusy(thread_id)
+        running.add(thread_id)
+        self.thread_id = thread_id
 
     def release(self) -> None:
         if self._held:
             self._held = False
             self._service._active -= 1
+            self._service._threads_running.discard(self.thread_id)  # type: ignore[arg-type]
 
 
 class AgentService:
@@ -67,6 +88,7 @@ class AgentService:
         self.max_concurrent_runs = max_concurrent_runs
         self._model = model
         self._active = 0
+        self._threads_running: set[str] = set()
         self._stack: AsyncExitStack | None = None
         self._checkpointer: Any = None
         self.index: ThreadIndex = thread_index(self.settings.state_dir)
@@ -125,13 +147,21 @@ class AgentService:
                      node_events: bool = True) -> AsyncIterator[RunEvent]:
         """Run one turn and yield its events (see :func:`agent.run.stream_turn`).
 
-        Pass a ``slot`` from :meth:`reserve` when the caller must answer "busy"
-        before it starts streaming; otherwise one is reserved here. The slot is
-        released when the turn ends, fails or is cancelled.
+        Pass a ``slot`` from :meth:`reserve` (bound to the thread with
+        :meth:`RunSlot.bind`) when the caller must answer "busy" before it starts
+        streaming; otherwise one is reserved here. One turn runs per thread at a
+        time: a second gets a ``thread_busy`` error event. The slot is released
+        when the turn ends, fails or is cancelled.
         """
         slot = slot or self.reserve()
         try:
             thread_id = thread_id or self.create_thread(message).thread_id
+            try:
+                slot.bind(thread_id)
+            except ThreadBusy as exc:
+                yield RunEvent(type="error", data={"code": "thread_busy", "message": str(exc),
+                                                   "hint": exc.hint})
+                return
             events = stream_turn(message, thread_id=thread_id,
                                  settings=self.settings_for(model, persona),
                                  checkpointer=self._checkpointer, model=self._model,

@@ -234,6 +234,26 @@ def test_runs_past_the_cap_get_429_and_the_slot_comes_back(isolated_state: Path)
         assert again.status_code == 200
 
 
+def test_a_second_turn_on_a_busy_thread_is_409(isolated_state: Path) -> None:
+    model = GatedModel()
+    service = AgentService(Settings(), max_concurrent_runs=4, model=model)
+    with served(create_app(ServerConfig(), service=service)) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        thread = _thread(client)
+        running = threading.Thread(target=lambda: client.post(
+            f"/v1/threads/{thread}/runs", json={"message": "first"}))
+        running.start()
+        assert model.entered.wait(30)
+        for path in ("runs", "runs/stream"):
+            clash = client.post(f"/v1/threads/{thread}/{path}", json={"message": "again"})
+            assert clash.status_code == 409, path
+            assert clash.json()["error"]["code"] == "thread_busy"
+        model.gate.set()
+        running.join(30)
+        assert client.post(f"/v1/threads/{thread}/runs",
+                           json={"message": "after"}).status_code == 200
+
+
 def test_model_failure_mid_stream_is_an_error_event_and_the_thread_survives(
         isolated_state: Path) -> None:
     service = AgentService(Settings(max_revisions=0), model=FailingSecondTurn())
@@ -284,7 +304,10 @@ def test_client_disconnect_cancels_the_turn_and_its_tool_process(
         # The response is closed: the turn must stop and take the script with it.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            gone = not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+            try:
+                gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                gone = True
             idle = client.get("/healthz").json()["active_runs"] == 0
             if gone and idle:
                 break

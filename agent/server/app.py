@@ -26,6 +26,7 @@ from agent.run import TurnError
 from agent.server.config import ServerConfig
 from agent.server.deps import (
     ApiError,
+    ClaimedThread,
     ExistingThread,
     Lease,
     Service,
@@ -41,7 +42,7 @@ MAX_MESSAGE_CHARS = 32_000
 #: The model specs agent.models.parse_spec accepts, for the schema (it stays the judge).
 MODEL_SPEC_PATTERN = r"^\s*(offline|anthropic(:.*)?|openai:.*\S.*)\s*$"
 #: What a run can answer besides its result (a stream reports model failures as events).
-RUN_ERRORS = (404, 429, 500, 502)
+RUN_ERRORS = (404, 409, 429, 500, 502)
 
 
 class RunRequest(BaseModel):
@@ -163,7 +164,7 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
 
     @app.post("/v1/threads/{thread_id}/runs", tags=["runs"],
               responses=error_responses(*RUN_ERRORS))
-    async def run(thread_id: ExistingThread, body: RunRequest, service: Service,
+    async def run(thread_id: ClaimedThread, body: RunRequest, service: Service,
                   lease: Lease) -> TurnResult:
         """Run one turn and answer with its TurnResult."""
         try:
@@ -173,8 +174,9 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
             raise turn_error(exc) from None
 
     @app.post("/v1/threads/{thread_id}/runs/stream", tags=["runs"],
-              response_class=EventSourceResponse, responses=error_responses(404, 429))
-    async def run_stream(thread_id: ExistingThread, body: RunRequest, service: Service,
+              response_class=EventSourceResponse,
+              responses=error_responses(404, 409, 429))
+    async def run_stream(thread_id: ClaimedThread, body: RunRequest, service: Service,
                          lease: Lease) -> AsyncIterator[ServerSentEvent]:
         """Run one turn and stream its events: ``event:`` is the type, ``data:`` its JSON.
 

@@ -13,7 +13,7 @@ from fastapi import Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from agent.run import TurnError
-from agent.service import AgentService, RunsBusy, RunSlot
+from agent.service import AgentService, RunsBusy, RunSlot, ThreadBusy
 
 T = TypeVar("T")
 
@@ -38,6 +38,7 @@ class ErrorResponse(BaseModel):
 
 _STATUS_MEANING = {
     400: "the request cannot be served as asked",
+    409: "a turn is already running on this thread",
     401: "a valid API key is required",
     404: "no such thread or model",
     413: "the request body is too large",
@@ -93,6 +94,14 @@ def _existing_thread(thread_id: ThreadId, service: Service) -> str:
 ExistingThread = Annotated[str, Depends(_existing_thread)]
 
 
+def claim_thread(lease: RunLease, thread_id: str) -> None:
+    """Bind the lease's slot to the thread, or answer 409 while another turn runs on it."""
+    try:
+        lease.slot.bind(thread_id)
+    except ThreadBusy as exc:
+        raise ApiError(409, "thread_busy", str(exc), exc.hint) from None
+
+
 class RunLease:
     """A run slot held for a whole request, and the turn streams it started.
 
@@ -140,3 +149,13 @@ def turn_error(error: TurnError) -> ApiError:
     return ApiError(_ERROR_STATUS.get(error.code, 500), error.code, error.message, error.hint)
 
 
+
+
+def _claimed_thread(thread_id: ExistingThread, lease: Lease) -> str:
+    claim_thread(lease, thread_id)
+    return thread_id
+
+
+#: An existing thread claimed for this request's turn (404, 409 or 429 before any
+#: streaming starts: a dependency runs before the response does).
+ClaimedThread = Annotated[str, Depends(_claimed_thread)]

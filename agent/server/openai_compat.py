@@ -27,7 +27,7 @@ from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.results import RunEvent
-from agent.server.deps import ApiError, Lease, Service, error_responses, turn_error
+from agent.server.deps import ApiError, Lease, Service, claim_thread, error_responses, turn_error
 from agent.service import AgentService
 
 #: Accepted as the default persona, for clients that insist on a fixed model name.
@@ -185,13 +185,14 @@ def openai_router() -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None,
                  responses={200: {"content": {"text/event-stream": {}}},
-                            **error_responses(404, 429, 500, 502)})
+                            **error_responses(404, 409, 429, 500, 502)})
     async def chat_completions(
         body: ChatCompletionRequest, service: Service, lease: Lease, response: Response,
         thread: Annotated[str | None, Header(alias=THREAD_HEADER, max_length=64)] = None,
     ) -> ChatCompletion | EventSourceResponse:
         """A chat completion; ``stream: true`` answers with chunks and ``data: [DONE]``."""
         turn = _Turn(body, service, thread)
+        claim_thread(lease, turn.thread_id)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         headers = {THREAD_HEADER: turn.thread_id}
         if body.stream:
