@@ -95,13 +95,17 @@ async def execute(
     args: dict[str, Any],
     *,
     allowed: set[str],
-    delegate: DelegateRunner,
-    search: Callable[[str, int], list[dict[str, Any]]],
+    delegate: DelegateRunner | None = None,
+    search: Callable[[str, int], list[dict[str, Any]]] | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> ToolOutcome:
-    """Run one tool call; every failure comes back as a structured error, never a raise."""
+    """Run one tool call; every failure comes back as a structured error, never a raise.
+
+    ``delegate`` and ``search`` back the agent-only tools; a caller that runs
+    measurement tools alone (the MCP server) leaves them out."""
     started = time.perf_counter()
-    if name not in allowed:
+    if name not in allowed or (name == "delegate" and delegate is None) or (
+            name == "knowledge_search" and search is None):
         return _error(name, args, started, "tool_not_available",
                       f"{name} is not available to this agent",
                       f"use one of: {', '.join(sorted(allowed))}")

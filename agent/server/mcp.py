@@ -46,7 +46,7 @@ from agent.context import Settings
 from agent.results import RunEvent, TurnResult
 from agent.run import TurnError, final_result
 from agent.service import AgentService, RunsBusy
-from tools import ProgressCallback, ToolError, ToolSpec, get_tool, tool_names
+from tools import ProgressCallback, ToolSpec, get_tool, tool_names
 
 #: Where MCP answers over HTTP, standalone and inside the HTTP server alike.
 MCP_PATH = "/mcp"
@@ -152,13 +152,6 @@ async def _progress_forwarder(ctx: Context) -> AsyncIterator[ProgressCallback]:
             yield lambda fraction, text: send.send_nowait((fraction, text))
 
 
-async def _no_delegation(target: str, task: str) -> dict[str, Any]:
-    """Delegation exists inside a turn only; a measurement tool's call (which allows its own
-    name and nothing else) never reaches it."""
-    raise ToolError("tool_not_available", f"delegating to {target} happens only inside a turn",
-                    f"ask through {ASK_TOOL}")
-
-
 class MeasurementTool(Tool):
     """One measurement tool, validated and run by the agent's own tool executor.
 
@@ -183,12 +176,10 @@ class MeasurementTool(Tool):
 
     async def run(self, arguments: dict[str, Any], context: Context[Any, Any],
                   convert_result: bool = False) -> CallToolResult:
-        from agent import knowledge
         from agent.toolbox import execute
 
         async with _progress_forwarder(context) as progress:
             outcome = await execute(self.name, arguments, allowed={self.name},
-                                    delegate=_no_delegation, search=knowledge.search,
                                     progress=progress)
         data = json.loads(outcome.content)
         if not outcome.ok:
