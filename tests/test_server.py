@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +121,8 @@ def test_stream_sends_each_step_then_the_turn_result(base_url: str) -> None:
     profiled = [c for c in result["tool_calls"] if c["name"] == "profile_python"]
     assert profiled and profiled[0]["ok"] and profiled[0]["duration_ms"] > 0
     assert sum(kind == "check" for kind in kinds) == 5
+    metrics = httpx.get(f"{base_url}/metrics").text
+    assert 'perfagent_tool_duration_seconds_count{ok="true",tool="profile_python"}' in metrics
 
 
 def test_metrics_report_turns_tools_and_checks(base_url: str) -> None:
@@ -180,12 +184,30 @@ def test_keys_are_required_when_configured(isolated_state: Path) -> None:
         assert right.status_code == 200
 
 
+def test_cors_allows_only_the_configured_origins(isolated_state: Path) -> None:
+    config = ServerConfig(cors_origins=("http://ide.local:3000",))
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    with served(create_app(config)) as url, httpx.Client(base_url=url) as client:
+        allowed = client.options("/v1/threads",
+                                 headers={"Origin": "http://ide.local:3000", **preflight})
+        assert allowed.headers["access-control-allow-origin"] == "http://ide.local:3000"
+        other = client.options("/v1/threads", headers={"Origin": "http://evil.test", **preflight})
+        assert "access-control-allow-origin" not in other.headers
+        listed = client.get("/v1/threads", headers={"Origin": "http://ide.local:3000"})
+        assert listed.headers["access-control-allow-origin"] == "http://ide.local:3000"
+
+
 def test_non_loopback_bind_without_keys_refuses_to_start(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERFAGENT_API_KEYS", raising=False)
     with pytest.raises(ServerConfigError) as refused:
         ServerConfig.from_env(host="0.0.0.0")
     assert "PERFAGENT_API_KEYS" in refused.value.hint
+    refused_cli = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--host", "0.0.0.0"],
+                                 capture_output=True, text=True, timeout=60)
+    assert refused_cli.returncode == 1
+    assert "api_keys_required" in refused_cli.stderr and "Traceback" not in refused_cli.stderr
     monkeypatch.setenv("PERFAGENT_API_KEYS", "secret")
     public = ServerConfig.from_env(host="0.0.0.0")
     assert public.api_keys == ("secret",) and not public.allow_code_tools
