@@ -82,6 +82,31 @@ def _settings(model: str | None, persona: str | None = None) -> Settings:
     return settings
 
 
+@app.callback()
+def observability(
+    trace_file: Annotated[Path | None, typer.Option(
+        "--trace-file", envvar="PERFAGENT_TRACE_FILE",
+        help="write OpenTelemetry spans of every turn to this file (OTLP JSON lines)")] = None,
+    metrics_file: Annotated[Path | None, typer.Option(
+        "--metrics-file", envvar="PERFAGENT_METRICS_FILE",
+        help="write Prometheus metrics here at exit (node_exporter textfile format)")] = None,
+) -> None:
+    """Options for every command: traces and metrics of perfagent's own turns.
+
+    Traces also go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    """
+    from agent.tracing import configure_tracing
+
+    configure_tracing(trace_file)
+    if metrics_file is not None:
+        import atexit
+
+        from agent.telemetry import enable_metrics, write_textfile
+
+        enable_metrics()
+        atexit.register(write_textfile, metrics_file)
+
+
 # --------------------------------------------------------------------------- rendering
 
 

@@ -145,7 +145,10 @@ def timed(name: str, node: Node) -> Node:
         timings[name] = timings.get(name, 0) + elapsed
         update["timings"] = timings
         if emit:
-            emit({"type": "node_end", "data": {"node": name, "depth": depth, "ms": elapsed}})
+            data: dict[str, Any] = {"node": name, "depth": depth, "ms": elapsed}
+            if "usage" in update:  # a model call: its tokens, for tracing and metrics
+                data["usage"] = update["usage"]
+            emit({"type": "node_end", "data": data})
         return update
 
     wrapper.__name__ = name

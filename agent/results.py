@@ -40,6 +40,7 @@ class Usage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Timings(BaseModel):

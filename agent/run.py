@@ -77,6 +77,7 @@ def _turn_result(state: dict[str, Any], *, thread_id: str, model: str, persona: 
             input_tokens=int(usage.get("input_tokens", 0)),
             output_tokens=int(usage.get("output_tokens", 0)),
             cache_read_tokens=int(usage.get("cache_read_tokens", 0)),
+            cache_write_tokens=int(usage.get("cache_write_tokens", 0)),
         ),
         timings_ms=Timings(total=round(total_ms, 3), nodes=timings),
     )
@@ -119,14 +120,18 @@ def stream_turn(
     benchmarks and evals inject scripted models this way). ``node_events=False``
     leaves out node_start/node_end events for callers that do not show them.
     ``record=False`` keeps the turn out of the thread index (:mod:`agent.threads`),
-    e.g. for benchmarks. When metrics are on (:mod:`agent.telemetry`), the events
-    are observed on their way out.
+    e.g. for benchmarks. When tracing (:mod:`agent.tracing`) or metrics
+    (:mod:`agent.telemetry`) are on, the events are observed on their way out.
     """
     from agent.telemetry import active_metrics
+    from agent.tracing import active_tracer
 
+    tracer = active_tracer()
     events = _turn_events(message, thread_id=thread_id, settings=settings,
-                          checkpointer=checkpointer, model=model, node_events=node_events,
-                          record=record)
+                          checkpointer=checkpointer, model=model,
+                          node_events=node_events or tracer is not None, record=record)
+    if tracer is not None:
+        events = tracer.observe(events, message)
     metrics = active_metrics()
     return metrics.observe(events) if metrics is not None else events
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ TOOL_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 #: usage keys of a TurnResult -> the ``kind`` label of the token counter.
 _TOKEN_KINDS = {"input_tokens": "input", "output_tokens": "output",
-                "cache_read_tokens": "cache_read"}
+                "cache_read_tokens": "cache_read", "cache_write_tokens": "cache_write"}
 
 
 class Metrics:
@@ -120,6 +121,17 @@ def enable_metrics() -> Metrics:
     if _METRICS is None:
         _METRICS = Metrics()
     return _METRICS
+
+
+def write_textfile(path: Path) -> None:
+    """Write the metrics for node_exporter's textfile collector (atomically: a scrape
+    never reads half a file)."""
+    if _METRICS is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(_METRICS.exposition())
+    partial.replace(path)
 
 
 def active_metrics() -> Metrics | None:
