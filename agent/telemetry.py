@@ -60,6 +60,9 @@ class Metrics:
         self.errors = Counter(
             "perfagent_turn_errors_total", "Turns that ended in an error, by code.", ["code"],
             registry=r)
+        self.kb_seconds = Histogram(
+            "perfagent_kb_query_duration_seconds", "Knowledge-base searches (retrieval only).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5), registry=r)
         self.runs_in_progress = Gauge(
             "perfagent_runs_in_progress", "Turns running now.", registry=r)
 

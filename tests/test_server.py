@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -133,6 +134,8 @@ def test_metrics_report_turns_tools_and_checks(base_url: str) -> None:
     assert 'perfagent_turn_duration_seconds_count{model="offline",outcome="ok"}' in text
     assert 'perfagent_check_results_total{check="baseline_established"' in text
     assert "perfagent_runs_in_progress 0.0" in text
+    kb_queries = re.search(r"^perfagent_kb_query_duration_seconds_count (\S+)$", text, re.M)
+    assert kb_queries and float(kb_queries.group(1)) >= 1
 
 
 @pytest.mark.parametrize(("body", "field"), [

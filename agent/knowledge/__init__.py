@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,14 @@ def search(query: str, k: int = 3, mode: Mode | None = None, *,
     Raises :class:`KnowledgeError` (with a code and a hint) when the store or
     the model is unusable.
     """
-    return [hit.to_dict() for hit in retriever(state_dir).search(query, k, mode)]
+    from agent.telemetry import active_metrics
+
+    metrics = active_metrics()
+    started = time.perf_counter()
+    hits = [hit.to_dict() for hit in retriever(state_dir).search(query, k, mode)]
+    if metrics is not None:
+        metrics.kb_seconds.observe(time.perf_counter() - started)
+    return hits
 
 
 def warm_up(state_dir: Path | None = None) -> threading.Thread:
