@@ -502,6 +502,42 @@ def personas_validate(
 # --------------------------------------------------------------------------- budgets
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="fewer samples (about a minute)")] = (
+        False),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="also write the measurements as JSON here (for `budget check`)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Benchmark perfagent itself: cold starts, graph overhead, knowledge base, server, memory.
+
+    Figures are ratios to a peer or to a calibration workload measured in the same
+    run; gate them with `perfagent budget check FILE --budgets .ci/perf-budgets.yaml`.
+    """
+    from agent.bench import run_benchmarks
+
+    err = _console(stderr=True)
+    with err.status("benchmarking…") as status:
+        results = run_benchmarks(quick=quick,
+                                 progress=lambda step: status.update(f"benchmarking: {step}…"))
+    payload = json.dumps([m.model_dump(mode="json") for m in results], indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(payload + "\n", encoding="utf-8")
+    if as_json:
+        sys.stdout.write(payload + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title="perfagent bench (one run)", title_justify="left")
+    table.add_column("benchmark")
+    table.add_column("value", justify="right")
+    for m in results:
+        table.add_row(m.name, f"{m.value:,.3g} {m.unit}")
+    _console().print(table)
+
+
 # --------------------------------------------------------------------------- serving
 
 

@@ -50,11 +50,10 @@ def serve(port: int, engine: str) -> None:
     config = ServerConfig(port=port, max_concurrent_runs=64)
     service = None
     if engine == "instant":
-        from tests.bench.graph_overhead import FakeModel
-        from tests.test_graph import PASSING
+        from agent.bench import InstantModel
 
         service = AgentService(config.agent_settings(Settings()), max_concurrent_runs=64,
-                               model=FakeModel(PASSING))
+                               model=InstantModel())
     uvicorn.run(create_app(config, service=service), host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)
 
