@@ -339,3 +339,36 @@ def test_client_disconnect_cancels_the_turn_and_its_tool_process(
             time.sleep(0.1)
         assert gone, "the profiled script outlived the cancelled turn"
         assert idle, "the cancelled turn still holds its run slot"
+
+
+async def test_a_metrics_scrape_under_load_costs_about_a_health_check(
+        isolated_state: Path) -> None:
+    import asyncio
+    import statistics
+
+    from agent.bench import InstantModel
+
+    service = AgentService(Settings(), max_concurrent_runs=64, model=InstantModel())
+    with served(create_app(ServerConfig(max_concurrent_runs=64), service=service)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+            async def turns(n: int) -> None:
+                for _ in range(n):
+                    thread = (await client.post("/v1/threads", json={})).json()["thread_id"]
+                    await client.post(f"/v1/threads/{thread}/runs", json={"message": "hi"})
+
+            async def timed(path: str) -> float:
+                started = time.perf_counter()
+                assert (await client.get(path)).status_code == 200
+                return time.perf_counter() - started
+
+            load = asyncio.gather(*(turns(3) for _ in range(12)))
+            await asyncio.sleep(0.3)
+            scrapes, checks = [], []
+            for _ in range(10):
+                scrapes.append(await timed("/metrics"))
+                checks.append(await timed("/healthz"))
+            await load
+    # Both wait behind the same busy event loop; rendering the metrics must not add
+    # more than a few milliseconds on top.
+    assert statistics.median(scrapes) < statistics.median(checks) * 2 + 0.02
