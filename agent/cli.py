@@ -40,6 +40,10 @@ app.add_typer(budget_app, name="budget")
 kb_app = typer.Typer(help="The knowledge base: ingest your documents, search, inspect, rebuild.",
                      no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
+# The eval commands live beside the runner; the sub-app module imports only typer.
+from evals.cli import eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
 
 #: Exit codes: 1 a structured error, 3 a measured value outside its budget.
 EXIT_ERROR = 1
