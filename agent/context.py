@@ -57,6 +57,14 @@ class Settings:
         default_factory=lambda: _env_int("PERFAGENT_MAX_DELEGATION_DEPTH", 1))
     #: whether tools that run code or read files are offered (a public server turns this off).
     allow_code_tools: bool = True
+    #: where measurements are remembered as baselines (default: the state directory);
+    #: the eval runner gives each case its own, so one run's numbers never leak into
+    #: another case's answer.
+    baselines_dir: Path | None = None
+
+    @property
+    def baselines_root(self) -> Path:
+        return self.baselines_dir or self.state_dir
 
     @property
     def checkpoint_path(self) -> Path:

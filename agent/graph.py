@@ -225,7 +225,7 @@ def _recall(question: str, settings: Settings) -> tuple[list[dict[str, Any]], li
     # A broken store must not block measuring: the turn goes on without it, and
     # `perfagent baselines` / `perfagent kb stats` report the problem with its fix.
     try:
-        earlier = BaselineStore(settings.state_dir).latest_for(names) if names else []
+        earlier = BaselineStore(settings.baselines_root).latest_for(names) if names else []
     except BaselineStoreError:
         earlier = []
     try:
@@ -393,7 +393,7 @@ def _remember(measurements: list[dict[str, Any]], ctx: RunContext) -> None:
     from tools.base import workspace_roots
 
     with contextlib.suppress(BaselineStoreError):  # reported by `perfagent baselines`
-        BaselineStore(ctx.settings.state_dir).record(
+        BaselineStore(ctx.settings.baselines_root).record(
             measurements, thread_id=ctx.thread_id,
             git_rev=git_revision(str(workspace_roots()[0])))
 

@@ -101,7 +101,7 @@ def _load_test_args(url: str, request: str, persona: Persona) -> dict[str, Any]:
     if duration:
         seconds = float(duration.group(1)) * (60 if duration.group(2).lower().startswith("m") else 1)
     args: dict[str, Any] = {
-        "url": url.rstrip(".,;"),
+        "url": t.clean(url),
         "rate": float(rate.group(1)) if rate else DEFAULT_RATE,
         "duration": seconds,
     }
@@ -218,6 +218,7 @@ _API_INTENT = re.compile(r"\b(api|endpoint|load|throughput|latency|p9\d|rps|req/
 _NPLUS1_INTENT = re.compile(r"n\s*\+\s*1|\bqueries\b|\borm\b", re.I)
 _SYSTEM_INTENT = re.compile(r"\b(cpu|memory|ram|load average|host|server resources|"
                             r"system|saturat\w*)\b", re.I)
+_BUDGET_INTENT = re.compile(r"\bbudgets?\b|\bslos?\b", re.I)
 
 
 def _first_round(persona: Persona, request: str, available: set[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -228,7 +229,7 @@ def _first_round(persona: Persona, request: str, available: set[str]) -> list[tu
         wanted.append(("delegate", {"to": target, "task": request}))
     page = bool(_PAGE_INTENT.search(request)) and "web_vitals" in available
     for url in dict.fromkeys(t.URL.findall(request)):
-        url = url.rstrip(".,;")
+        url = t.clean(url)
         if page:
             wanted.append(("web_vitals", {"url": url, "runs": 3}))
         if not page or _API_INTENT.search(_PAGE_INTENT.sub(" ", request)):
@@ -243,7 +244,7 @@ def _first_round(persona: Persona, request: str, available: set[str]) -> list[tu
         for database in databases[:1]:
             wanted.append(("explain_query", {"database": database, "sql": sql}))
     for url in dict.fromkeys(t.REDIS_URL.findall(request)):
-        wanted.append(("cache_stats", {"url": url.rstrip(".,;")}))
+        wanted.append(("cache_stats", {"url": t.clean(url)}))
     traces = list(dict.fromkeys(t.TRACE_FILE.findall(without_urls)))
     for path in traces:
         wanted.append(("analyze_traces", {"path": path}))
@@ -270,10 +271,20 @@ def plan_tool_calls(persona: Persona, turn: Turn, available: set[str]) -> list[d
             for sql in _hot_sql(turn.outputs)[:MAX_EXPLAINS]:
                 wanted.append(("explain_query", {"database": databases[0], "sql": sql}))
     fresh = [(n, a) for n, a in wanted if n in available and not turn.already(n, a)]
+    if not fresh and _budget_check_due(turn, available):
+        # Measuring is done: the persona's targets fill the budgets (graph.with_defaults).
+        fresh = [("check_budgets", {})]
     if not fresh and turn.outputs and "knowledge_search" in available:
         fresh = _playbook_lookup(turn)
     return [{"name": name, "args": args, "id": f"offline_{len(turn.outputs)}_{index}",
              "type": "tool_call"} for index, (name, args) in enumerate(fresh)]
+
+
+def _budget_check_due(turn: Turn, available: set[str]) -> bool:
+    """The request asks about budgets, something was measured, and no check ran yet."""
+    return ("check_budgets" in available and bool(_BUDGET_INTENT.search(turn.request))
+            and not any(o.name == "check_budgets" for o in turn.outputs)
+            and any(o.ok and o.data.get("measurements") for o in turn.outputs))
 
 
 #: how a finding kind is asked of the playbooks when its own name reads poorly
