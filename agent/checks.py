@@ -119,12 +119,15 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= max(0.01 * max(abs(a), abs(b)), 0.05 if abs(a) < 10 else 0.5)
 
 
+#: Where a sentence (or a table cell) ends: a full stop before a space or the end, a line
+#: break or a cell border. A decimal point ("16.7 %") ends nothing.
+_SENTENCE_END = re.compile(r"\.(?=\s|$)|\n|\|")
+
+
 def _sentence_of(text: str, start: int, end: int) -> str:
-    left = max(text.rfind(".", 0, start), text.rfind("\n", 0, start), text.rfind("|", 0, start))
-    right_candidates = [i for i in (text.find(".\n", end), text.find("\n", end),
-                                    text.find("|", end)) if i != -1]
-    right = min(right_candidates) if right_candidates else len(text)
-    return text[left + 1:right]
+    left = max((m.end() for m in _SENTENCE_END.finditer(text, 0, start)), default=0)
+    after = _SENTENCE_END.search(text, end)
+    return text[left:after.start() if after else len(text)]
 
 
 @dataclass

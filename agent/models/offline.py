@@ -337,12 +337,35 @@ class Recommendation:
 
 
 def _n_plus_one_impact(summary: str) -> str:
-    """The saving bound, quoting the call site's time when the profiler reported it."""
-    spent = re.search(r"taking ([\d,.]+) ms", summary)
-    bound = (f"saves up to the {spent.group(1)} ms the profile spent at that call site"
-             if spent else "saves up to the time the profile spent at that call site")
+    """The saving bound, quoting the call site's time when the profiler (``taking X ms``)
+    or the traces (``X ms in all``) reported it."""
+    spent = re.search(r"taking ([\d,.]+) ms|([\d,.]+) ms in all", summary)
+    bound = (f"saves up to the {spent.group(1) or spent.group(2)} ms measured at that call site"
+             if spent else "saves up to the time measured at that call site")
     return (f"estimated: the per-row round trips collapse to one query per request, which "
             f"{bound} (an upper bound: the one batched query still costs something)")
+
+
+def _measured_bound(finding: dict[str, Any], outputs: list[ToolOutput]) -> str | None:
+    """The most a fix can gain, derived from the finding's own measured figures (no
+    figure of its own: None, and the advice stays qualitative)."""
+    kind, summary = finding.get("kind"), str(finding.get("summary", ""))
+    if kind == "slow_span":
+        share = re.search(r"takes (\d+)% of trace \w+'s critical path: ([\d,.]+) of ([\d,.]+) ms",
+                          summary)
+        if share:
+            return (f"speeding up this span can save at most its {share.group(1)} % of the "
+                    f"trace ({share.group(2)} of {share.group(3)} ms on the critical path, "
+                    "measured); halving it would cut the trace by about "
+                    f"{int(share.group(1)) // 2} %")
+    if kind == "low_hit_rate":
+        hit_rate = _measurement(outputs, "cache_hit_rate")
+        if hit_rate and float(hit_rate["value"]) < 80:
+            misses = 100 - float(hit_rate["value"])
+            cut = 100 * (1 - 20 / misses)
+            return (f"raising the hit rate from {format_number(hit_rate['value'])} % (measured) "
+                    f"to the 80 % target would cut backend reads by about {cut:.0f} %")
+    return None
 
 
 def _measurement(outputs: list[ToolOutput], name: str) -> dict[str, Any] | None:
@@ -418,7 +441,9 @@ def _recommendations(outputs: list[ToolOutput], persona: Persona) -> list[Recomm
                     why=f"{finding.get('summary')}"
                     + (f" (at `{finding.get('location')}`)" if finding.get("location") else "")
                     + ".",
-                    impact=f"estimated: {fix}; re-measure with `{output.name}` to confirm the gain",
+                    impact="estimated: " + "; ".join(filter(None, (
+                        _measured_bound(finding, outputs), fix,
+                        f"re-measure with `{output.name}` to confirm the gain"))),
                     effort=effort, roi=roi,
                 ))
     p95 = _measurement(outputs, "p95_latency")
