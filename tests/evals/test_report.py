@@ -47,6 +47,7 @@ from evals.report import (
     write_log,
     write_reports,
 )
+from tests.conftest import require_module
 from tests.test_web_page import browser, page  # noqa: F401  (fixtures: Debian Chromium)
 from tools.base import Finding, Measurement
 
@@ -487,9 +488,8 @@ def test_inspect_export_wants_a_json_name(tmp_path: Path, mixed_log: RunLog) -> 
 
 
 def test_inspect_export_loads_in_inspect_ai(tmp_path: Path, mixed_log: RunLog) -> None:
-    """inspect_ai's own reader accepts the file (the optional ``inspect`` extra; absent in
-    CI, where the structure test above still runs)."""
-    pytest.importorskip("inspect_ai", reason="optional extra perfagent[inspect]")
+    """inspect_ai's own reader accepts the file (the ``inspect`` extra, part of dev)."""
+    require_module("inspect_ai")
     from inspect_ai.log import read_eval_log, write_eval_log
 
     path = export_inspect(mixed_log, tmp_path / "run.json")
