@@ -255,7 +255,9 @@ def serve_instant(port: int) -> None:
                 log_level="warning", access_log=False)
 
 
-async def _server_overhead(url: str, clients: int, turns_each: int) -> list[float]:
+async def server_overhead_samples(url: str, clients: int, turns_each: int) -> list[float]:
+    """Per turn, the client latency of ``POST /v1/threads/{id}/runs`` minus the turn's own
+    time (its TurnResult's total), from ``clients`` concurrent clients."""
     import aiohttp
 
     overheads: list[float] = []
@@ -300,8 +302,8 @@ def server_overhead_p95_ms(clients: int, turns_each: int) -> float:
                     if time.monotonic() > deadline:
                         raise RuntimeError("the benchmark server did not start") from None
                     time.sleep(0.1)
-            asyncio.run(_server_overhead(url, 1, 5))  # warm-up
-            overheads = sorted(asyncio.run(_server_overhead(url, clients, turns_each)))
+            asyncio.run(server_overhead_samples(url, 1, 5))  # warm-up
+            overheads = sorted(asyncio.run(server_overhead_samples(url, clients, turns_each)))
         finally:
             proc.terminate()
             proc.wait(10)

@@ -144,37 +144,14 @@ def first_event_ms(url: str, samples: int) -> tuple[list[float], list[float]]:
     return first, final
 
 
-async def server_overhead_ms(url: str, clients: int, turns_each: int) -> list[float]:
-    """What the server adds around each turn under ``clients`` concurrent clients: the
-    client-observed latency of ``POST /v1/threads/{id}/runs`` minus the turn's own
-    time as the TurnResult reports it (HTTP, routing, the run slot, serialization,
-    and waiting for the event loop before and after the turn)."""
-    import aiohttp
-
-    overheads: list[float] = []
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        for _ in range(turns_each):
-            async with session.post(f"{url}/v1/threads", json={}) as r:
-                thread = (await r.json())["thread_id"]
-            started = time.perf_counter()
-            async with session.post(f"{url}/v1/threads/{thread}/runs",
-                                    json={"message": "hello"}) as r:
-                result = await r.json()
-            latency = (time.perf_counter() - started) * 1000
-            overheads.append(latency - result["timings_ms"]["total"])
-
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(client(session) for _ in range(clients)))
-    return overheads
-
-
 def p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
+    from agent.bench import server_overhead_samples
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -199,7 +176,7 @@ def main() -> None:
                     server.stop_sampling(sampler)
                     results[engine][clients]["peak_rss_mb"] = server.peak_rss
                 first, final = first_event_ms(server.url, 20)
-                overhead = asyncio.run(server_overhead_ms(server.url, 50, 6))
+                overhead = asyncio.run(server_overhead_samples(server.url, 50, 6))
             finally:
                 server.close()
         print(f"\n{engine}: idle RSS {idle:.0f} MB; time to first SSE event p50 "
