@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require_module, unavailable
+from tests.conftest import REPO, require_module
 
 QUESTIONS = REPO / "tests" / "data" / "kb_questions.yaml"
 FINDING_QUERIES = REPO / "tests" / "data" / "kb_finding_queries.yaml"
@@ -426,45 +426,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_chroma_server_via_chroma_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CHROMA_HOST switches to HttpClient; embeddings are still computed here."""
-    import shutil
-
-    from agent import knowledge
-
-    chroma = shutil.which("chroma", path=str(Path(sys.executable).parent))
-    if chroma is None:
-        unavailable("the chroma server command is not installed (chromadb provides it)")
-    port = _free_port()
-    server = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server"),
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        monkeypatch.setenv("CHROMA_HOST", "127.0.0.1")
-        monkeypatch.setenv("CHROMA_PORT", str(port))
-        store = knowledge.get_store()
-        assert store.location == f"http://127.0.0.1:{port}"
-        assert store.ingest([_docs(tmp_path)]).added == 4
-        hits = knowledge.search("promote the orders replica on failover", 2)
-        assert hits[0]["source"].endswith("orders-runbook.md")
-        assert knowledge.search("N+1 queries in a loop", 1)[0]["source"] == "n-plus-one-queries.md"
-        assert store.rebuild().added == 4
-    finally:
-        knowledge.forget_stores()
-        server.terminate()
-        server.wait(timeout=30)
 
 
-# --------------------------------------------------------------------------- quality
-
-
-@pytest.mark.slow
 def test_default_mode_reaches_recall_at_3_on_the_labeled_set(kb: object) -> None:
     """The issue's bar: recall@3 >= 0.9 on the labeled questions in the default mode, and
     hybrid is the default only because it beats vector search alone."""

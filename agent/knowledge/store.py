@@ -44,6 +44,7 @@ from agent.knowledge.chunking import CHUNKER_VERSION, Passage, chunk_file, chunk
 from agent.knowledge.errors import KnowledgeError, StoreUnavailable
 
 if TYPE_CHECKING:
+    import httpx
     import numpy as np
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
@@ -63,7 +64,30 @@ SKIP_DIRS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".v
                        ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 REBUILD_HINT = "run `perfagent kb rebuild` (it re-ingests your documents), or delete the folder"
 
+#: Seconds a Chroma server may take per request before it counts as unreachable;
+#: ``PERFAGENT_KB_TIMEOUT`` overrides it. Searches take milliseconds and a write batch
+#: well under a second, so only a stalled server ever reaches it.
+SERVER_TIMEOUT = 30.0
+#: Seconds to wait for a Chroma server to accept the connection (capped by the timeout).
+CONNECT_TIMEOUT = 5.0
+TIMEOUT_ENV = "PERFAGENT_KB_TIMEOUT"
+
 Progress = Callable[[int, int], None]
+
+
+def server_timeout() -> float:
+    """``PERFAGENT_KB_TIMEOUT`` (seconds, > 0) if set, else :data:`SERVER_TIMEOUT`."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return SERVER_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise KnowledgeError("invalid_setting", f"{TIMEOUT_ENV}={raw!r} is not a number of seconds",
+                             f"set {TIMEOUT_ENV} to a positive number (default {SERVER_TIMEOUT:g})")
+    return seconds
 
 
 # --------------------------------------------------------------------------- reading files
@@ -269,6 +293,11 @@ def playbook_files(folder: Path | None = None) -> list[Path]:
     return sorted((folder or knowledge_dir()).glob("*.md"))
 
 
+def playbook_passages(files: Sequence[Path]) -> list[Passage]:
+    """The shipped playbooks' passages, as the ``playbooks`` collection holds them."""
+    return [p for f in files for p in chunk_markdown(f.name, f.read_text(encoding="utf-8"))]
+
+
 def playbooks_digest(files: Sequence[Path]) -> str:
     """One hash over the shipped playbooks, the chunker and the model: any change rebuilds."""
     from agent.knowledge.embedding import MODEL_ID
@@ -392,13 +421,17 @@ class KnowledgeStore:
 
             settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
             if self.host:
+                timeout = self._check_server()
                 try:
-                    self._client = chromadb.HttpClient(host=self.host, port=self.port,
-                                                       settings=settings)
-                    self._client.heartbeat()
+                    client = chromadb.HttpClient(host=self.host, port=self.port, settings=settings)
                 except Exception as exc:
-                    self._client = None
                     raise self._unavailable("cannot be reached", exc) from None
+                # chromadb's HTTP session waits without end for an answer; a stalled server
+                # must fail a search (and so only degrade an agent turn), not hang it.
+                session = getattr(getattr(client, "_server", None), "_session", None)
+                if session is not None:
+                    session.timeout = timeout
+                self._client = client
                 return self._client
             self.path.mkdir(parents=True, exist_ok=True)
             self._probe()
@@ -408,6 +441,29 @@ class KnowledgeStore:
                 _forget_local_system(self.path)
                 raise self._unavailable("cannot be opened (corrupted?)", exc) from None
             return self._client
+
+    def _check_server(self) -> httpx.Timeout:
+        """Fail fast, with the URL, on a Chroma server that is down, silent or not Chroma.
+
+        chromadb's own client would wait forever on a host that accepts connections
+        but never answers, so its heartbeat is asked first, with :func:`server_timeout`.
+        Returns the timeout for the requests that follow.
+        """
+        import httpx
+
+        seconds = server_timeout()
+        timeout = httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
+        try:
+            answer = httpx.get(f"{self.location}/api/v2/heartbeat", timeout=timeout)
+        except httpx.TimeoutException:
+            raise self._unavailable(f"did not answer within {seconds:g} s") from None
+        except httpx.HTTPError as exc:
+            raise self._unavailable("cannot be reached", exc) from None
+        if answer.status_code != 200 or "nanosecond heartbeat" not in answer.text:
+            raise self._unavailable(
+                f"does not answer like a Chroma server (HTTP {answer.status_code} "
+                "on /api/v2/heartbeat)")
+        return timeout
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -492,8 +548,7 @@ class KnowledgeStore:
             if (col.metadata or {}).get("source_digest") == digest and not force:
                 self._playbooks_checked = True
                 return False
-            passages = [p for f in files
-                        for p in chunk_markdown(f.name, f.read_text(encoding="utf-8"))]
+            passages = playbook_passages(files)
             with self._guard("reading 'playbooks'"):
                 stored = set(col.get(include=[])["ids"])
             wanted = {p.id for p in passages}
@@ -631,18 +686,18 @@ class KnowledgeStore:
             self.sync_playbooks()
             return (uuid.uuid4().hex, uuid.uuid4().hex)
 
+    def stored(self, name: str) -> list[Passage]:
+        """Every passage of one collection, in file and position order."""
+        col = self.collection(name)
+        with self._guard(f"reading {name!r}"):
+            got = col.get(include=["documents", "metadatas"])
+        rows = sorted(zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True),
+                      key=lambda r: (str(r[2].get("path", "")), int(r[2].get("index", 0))))
+        return [passage_from(i, doc, dict(meta)) for i, doc, meta in rows]
+
     def passages(self) -> list[Passage]:
         """Every stored passage (playbooks first), for the keyword index."""
-        out: list[Passage] = []
-        for name in (PLAYBOOKS, DOCUMENTS):
-            col = self.collection(name)
-            with self._guard(f"reading {name!r}"):
-                got = col.get(include=["documents", "metadatas"])
-            rows = sorted(zip(got["ids"], got["documents"] or [], got["metadatas"] or [],
-                              strict=True),
-                          key=lambda r: (str(r[2].get("path", "")), int(r[2].get("index", 0))))
-            out.extend(passage_from(i, doc, dict(meta)) for i, doc, meta in rows)
-        return out
+        return [p for name in (PLAYBOOKS, DOCUMENTS) for p in self.stored(name)]
 
     def fetch(self, ids: Sequence[str]) -> dict[str, Passage]:
         """Passages by id from either collection (those the keyword index does not hold yet)."""
@@ -709,9 +764,16 @@ class KnowledgeStore:
 
     def rebuild(self, progress: Progress | None = None) -> IngestReport:
         """Start the store over: delete it (even if corrupted), rebuild the playbooks,
-        and re-ingest the documents from their remembered sources."""
+        and re-ingest the documents from their remembered sources.
+
+        On a Chroma server, documents under none of this machine's sources are
+        written back from the store (see :meth:`_keep`).
+        """
         with self._lock:
+            kept: list[Passage] = []
             if self.host:
+                # Other machines' documents, read before the collections go (see _keep).
+                kept = self.stored(DOCUMENTS)
                 client = self.client()
                 for name in (PLAYBOOKS, DOCUMENTS):
                     with self._guard(f"deleting {name!r}"):
@@ -724,4 +786,28 @@ class KnowledgeStore:
                 shutil.rmtree(self.path, ignore_errors=True)
             self.sync_playbooks(force=True, progress=progress)
             sources = [Path(s) for s in self._sources()]
-            return self.ingest(sources, progress, remember=False)
+            report = self.ingest(sources, progress, remember=False)
+            report.files.extend(self._keep(kept, progress))
+            return report
+
+    def _keep(self, stored: Sequence[Passage], progress: Progress | None) -> list[FileReport]:
+        """Write back the stored documents that are not under this machine's sources.
+
+        A Chroma server is shared, but the list of sources that ``rebuild`` re-reads
+        is this machine's: documents ingested elsewhere are re-embedded from their
+        stored text instead, so a rebuild here deletes nobody else's documents.
+        """
+        sources = self._sources()
+        others = [p for p in stored
+                  if not any(p.path == s or p.path.startswith(s + os.sep) for s in sources)]
+        if not others:
+            return []
+        col = self.collection(DOCUMENTS)
+        self._write(col, others, set(), progress, 0, len(others))
+        self._touch(col)
+        by_path: dict[str, int] = {}
+        for p in others:
+            by_path[p.path] = by_path.get(p.path, 0) + 1
+        return [FileReport(path=path, status="ingested", chunks=n, added=n,
+                           reason="kept from the store: ingested from another machine's sources")
+                for path, n in sorted(by_path.items())]
