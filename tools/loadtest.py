@@ -172,6 +172,19 @@ class LoadTestInput(BaseModel):
         le=20_000,
         description="open model: cap on concurrent requests (and connections)",
     )
+    engine: Literal["builtin", "locust"] = Field(
+        default="builtin",
+        description='"builtin": this process, open model exact to the schedule; "locust": '
+        "the same scenario through Locust's master and worker processes (more CPU cores; "
+        "its users are closed loops, so the open model is approximated)",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description='engine "locust": number of local worker processes (default: one per '
+        "CPU core)",
+    )
     emit_locustfile: bool = Field(
         default=False,
         description="also return an equivalent Locust file, for loads beyond one machine",
@@ -202,6 +215,8 @@ class LoadTestInput(BaseModel):
             raise ValueError("give either rate (open model) or vus (closed model), not both")
         if self.stages is not None and not self.stages:
             raise ValueError("stages, when given, must hold at least one stage")
+        if self.workers is not None and self.engine != "locust":
+            raise ValueError('workers applies to engine "locust" only')
         return self
 
 
@@ -335,6 +350,10 @@ class LoadTestResult(ToolResult):
     )
     in_flight_cap_hit: bool = False
     notes: list[str] = Field(default_factory=list)
+    engine: Literal["builtin", "locust"] = "builtin"
+    workers: int | None = Field(default=None, description="engine locust: worker processes")
+    worker_requests: dict[str, int] = Field(
+        default_factory=dict, description="engine locust: requests each worker reported")
     locustfile: str | None = None
     plot_path: str | None = Field(default=None, description="where the latency plot was written")
 
@@ -456,8 +475,10 @@ async def _probe(inp: LoadTestInput) -> None:
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
+            # Redirects are not followed: a 3xx must not carry load to a host that
+            # was never checked against the allowed list.
             session.request(inp.method, inp.url, headers=inp.headers,
-                            data=_body_bytes(inp)) as resp,
+                            data=_body_bytes(inp), allow_redirects=False) as resp,
         ):
             await resp.read()
     except aiohttp.ClientConnectorError as exc:
@@ -543,7 +564,8 @@ class _Generator:
 
         try:
             assert self.session is not None
-            resp = await self.session.request(self.inp.method, self.inp.url, data=self.body)
+            resp = await self.session.request(self.inp.method, self.inp.url, data=self.body,
+                                              allow_redirects=False)
             try:
                 payload = await resp.read()
             finally:
@@ -723,6 +745,28 @@ async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> L
 
     await _probe(inp)
 
+    if inp.engine == "locust":
+        tally, result = await _run_locust(inp, thresholds, segments, planned, notes, progress)
+    else:
+        tally = await _run_builtin(inp, segments, planned, progress)
+        result = _build_result(inp, tally, thresholds, segments, planned, notes)
+    if plot_file is not None:
+        try:
+            # off the caller's loop: a long run has millions of latencies to bin
+            await asyncio.to_thread(write_plot, plot_file, result, tally.latencies,
+                                    tally.starts, tally.first_send)
+            result.plot_path = str(plot_file)
+        except OSError as exc:  # the measurement stands; say why the picture is missing
+            result.notes.append(f"the plot could not be written to {plot_file}: "
+                                f"{type(exc).__name__}: {exc.strerror or exc}")
+    if progress is not None:
+        progress(1.0, result.summary.splitlines()[0])
+    return result
+
+
+async def _run_builtin(inp: LoadTestInput, segments: list[tuple[float, float, float]],
+                       planned: float, progress: ProgressCallback | None) -> _Tally:
+    """The built-in engine: this process, its own event loop on a worker thread."""
     report: Callable[[float, str], None] | None = None
     if progress is not None:
         caller_loop = asyncio.get_running_loop()
@@ -736,26 +780,43 @@ async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> L
     stop = threading.Event()
     generator = _Generator(inp, segments, planned, report, stop)
     try:
-        tally = await asyncio.to_thread(generator.run)
+        return await asyncio.to_thread(generator.run)
     except asyncio.CancelledError:
         stop.set()  # the worker thread ends its test early instead of running on
         raise
     except Exception as exc:  # e.g. aiohttp refusing a header: report, do not crash
         raise ToolError("load_failed", f"the load generator failed: {type(exc).__name__}: "
                         f"{exc}", "check the method, headers and body") from exc
-    result = _build_result(inp, tally, thresholds, segments, planned, notes)
-    if plot_file is not None:
-        try:
-            # off the caller's loop: a long run has millions of latencies to bin
-            await asyncio.to_thread(write_plot, plot_file, result, tally.latencies,
-                                    tally.starts, tally.first_send)
-            result.plot_path = str(plot_file)
-        except OSError as exc:  # the measurement stands; say why the picture is missing
-            result.notes.append(f"the plot could not be written to {plot_file}: "
-                                f"{type(exc).__name__}: {exc.strerror or exc}")
-    if progress is not None:
-        progress(1.0, result.summary.splitlines()[0])
-    return result
+
+
+async def _run_locust(inp: LoadTestInput, thresholds: list[Threshold],
+                      segments: list[tuple[float, float, float]], planned: float,
+                      notes: list[str], progress: ProgressCallback | None,
+                      ) -> tuple[_Tally, LoadTestResult]:
+    """The Locust engine: the same tally, so the same statistics and threshold verdicts."""
+    from tools.locust_engine import lag_stats, locust_notes, run_locust
+
+    ran = await run_locust(inp, segments, planned, progress)
+    planned_requests = (sum((r0 + r1) / 2 * d for d, r0, r1 in segments)
+                        if inp.vus is None else None)
+    result = _build_result(inp, ran.tally, thresholds, segments, planned,
+                           [*notes, *locust_notes(ran, planned_requests)])
+    result.engine = "locust"
+    result.workers = ran.workers
+    result.worker_requests = ran.per_worker
+    lag_p99, late_pct = lag_stats(ran)
+    if lag_p99 is not None and late_pct is not None:
+        result.scheduling_lag_p99_ms = round(lag_p99, 3)
+        result.late_fraction = round(late_pct, 3)
+    if inp.emit_locustfile:
+        result.locustfile = ran.locustfile  # the file that really ran
+    if ran.cpu_warning:
+        result.generator_saturated = True
+        result.findings.append(Finding(
+            kind="generator_saturated", severity="high",
+            summary="a Locust process ran short of CPU; its latencies include its own delay",
+            location=inp.url, evidence="Locust logged a CPU usage warning"))
+    return ran.tally, result
 
 
 def _build_result(inp: LoadTestInput, tally: _Tally, thresholds: list[Threshold],
@@ -1239,12 +1300,50 @@ def write_plot(path: Path, result: LoadTestResult, latencies_s: list[float],
 # --------------------------------------------------------------------------- locust
 
 
-def locustfile(inp: LoadTestInput) -> str:
-    """An equivalent Locust file, for spreading the same load over several machines.
+#: Open model in Locust: each user paces itself to about this many requests per
+#: second, so it keeps its pace while answers take up to 1/PACE seconds.
+LOCUST_USER_PACE = 2.0
+#: ... but no worker gets more users than this (each is a greenlet with its own
+#: connection); beyond it the per-user pace goes up instead.
+LOCUST_MAX_USERS_PER_WORKER = 1000
 
-    Locust is closed-model at heart; the open model is approximated with
-    ``constant_throughput`` per user, and stages become a ``LoadTestShape``.
-    Thresholds are checked when the run ends and set the exit code.
+
+def locust_plan(inp: LoadTestInput, workers: int = 1,
+                segments: list[tuple[float, float, float]] | None = None,
+                ) -> tuple[list[tuple[float, float, float]], float | None]:
+    """Locust users over time: ([(duration_s, users_at_start, users_at_end)], pace).
+
+    Open model: ``pace`` is each user's own sending schedule (req/s), chosen
+    so that the peak rate needs at least one user per worker and the users add
+    up to the arrival rate. Closed model: the users are the vus and ``pace`` is
+    None (each user sends its next request as soon as the answer is in).
+    """
+    segments = _segments(inp) if segments is None else segments
+    if inp.vus is not None:
+        if inp.stages:
+            return segments, None  # the stage targets already count users
+        return [(d, float(inp.vus), float(inp.vus)) for d, _r0, _r1 in segments], None
+    peak = max(max(r0, r1) for _, r0, r1 in segments)
+    users = min(max(workers, math.ceil(peak / LOCUST_USER_PACE)),
+                LOCUST_MAX_USERS_PER_WORKER * workers)
+    pace = peak / users
+    return [(d, r0 / pace, r1 / pace) for d, r0, r1 in segments], pace
+
+
+def locustfile(inp: LoadTestInput, workers: int = 1,
+               segments: list[tuple[float, float, float]] | None = None) -> str:
+    """An equivalent Locust file, for spreading the same load over several processes or machines.
+
+    Locust is closed-loop at heart: the open model becomes users that each send
+    on their own schedule at a low pace (see :func:`locust_plan`), catching up
+    after a slow answer; each request carries its intended send time, so the
+    lag behind schedule is known. A
+    ``Plan`` shape moves the number of users along the same linear ramps, then
+    stops them and waits (up to the request timeout) for answers still in
+    flight. With ``--perfagent-record FILE`` on the master, the workers send
+    every response time there, so percentiles can be computed exactly (the
+    ``locust`` engine uses this); without it, the thresholds are checked from
+    Locust's own bucketed statistics at the end and set the exit code.
     """
     from urllib.parse import urlsplit
 
@@ -1253,67 +1352,136 @@ def locustfile(inp: LoadTestInput) -> str:
     path = parts.path or "/"
     if parts.query:
         path += f"?{parts.query}"
-    segments = _segments(inp)
-    open_model = inp.vus is None
-    if open_model:
-        peak = max(max(r0, r1) for _, r0, r1 in segments)
-        per_user = 10.0  # each user paces itself to this many req/s
-        users = max(1, math.ceil(peak / per_user))
-        wait = f"constant_throughput({per_user:g})"
-    else:
-        users = inp.vus or int(max(s[2] for s in segments))
-        wait = "constant(0)"
+    plan, pace = locust_plan(inp, workers, segments)
+    peak_users = max(max(u0, u1) for _, u0, u1 in plan)
+    # Users start and stop in one step (Locust dispatches up to spawn_rate users
+    # per second): a slower ramp-down would keep sending after the plan ends.
+    spawn_rate = max(math.ceil(peak_users), 1)
+    drain = inp.timeout + 2.0
+    rounded = [(round(d, 3), round(u0, 3), round(u1, 3)) for d, u0, u1 in plan]
     lines = [
         '"""Generated by perfagent load_test: the same load, for Locust.',
         "",
-        f"Run: locust -f locustfile.py --headless --host {host} "
-        f"-u {users} -r {users} -t {math.ceil(sum(s[0] for s in segments))}s",
+        f"One machine:  locust -f locustfile.py --headless --host {host}",
+        f"Distributed:  locust -f locustfile.py --headless --host {host} --master --expect-workers N",
+        "              locust -f locustfile.py --worker --master-host MASTER  (on each worker)",
+        f"The Plan shape sets the users and the run time ({sum(d for d, _, _ in plan):g} s, then "
+        f"up to {drain:g} s for",
+        "answers in flight): -u, -r and -t are not needed.",
         '"""',
         "",
-        "from locust import LoadTestShape, constant, constant_throughput, events, task",
+        "import json",
+        "import random",
+        "import re",
+        "import time",
+        "",
+        "import gevent",
+        "from locust import LoadTestShape, events, task",
         "from locust.contrib.fasthttp import FastHttpUser",
+        "from locust.runners import MasterRunner, WorkerRunner",
         "",
         f"HEADERS = {dict(inp.headers)!r}",
         f"BODY = {inp.body!r}",
         f"THRESHOLDS = {list(inp.thresholds)!r}",
+        "#: (seconds, users at start, users at end): each a linear ramp",
+        f"PLAN = {rounded!r}",
+        f"SPAWN_RATE = {spawn_rate!r}",
+        f"DRAIN_S = {drain!r}",
+        "#: open model: requests per second each user sends on its own schedule (None: closed",
+        "#: model, the next request as soon as the answer is in)",
+        f"PACE = {pace!r}",
         "",
         "",
         "class Target(FastHttpUser):",
-        f"    wait_time = {wait}",
+        f"    host = {host!r}",
         f"    network_timeout = {inp.timeout!r}",
         f"    connection_timeout = {inp.timeout!r}",
         "",
+        "    intended = None  # when this user's schedule wants its current request sent",
+        "",
+        "    def on_start(self) -> None:",
+        "        if PACE:",
+        "            # A random phase within the pacing period: users that start together",
+        "            # would otherwise send in bursts.",
+        "            self.intended = time.time() + random.random() / PACE",
+        "            gevent.sleep(self.intended - time.time())",
+        "",
+        "    def wait_time(self) -> float:",
+        "        if not PACE:",
+        "            return 0.0",
+        "        # The next slot on this user's schedule; after a slow answer, at once (it",
+        "        # catches up). A user never sends while it waits for an answer, though.",
+        "        self.intended += 1 / PACE",
+        "        return max(self.intended - time.time(), 0.0)",
+        "",
         "    @task",
         "    def hit(self) -> None:",
-        f"        self.client.request({inp.method!r}, {path!r}, headers=HEADERS, data=BODY)",
-    ]
-    if inp.stages:
-        # Locust shapes speak users; the open model's rate maps to users at the
-        # per-user pace chosen above.
-        scale = (1 / 10.0) if open_model else 1.0
-        stages, t = [], 0.0
-        for duration, _r0, r1 in segments:
-            t += duration
-            stages.append((round(t, 3), max(1, math.ceil(r1 * scale))))
-        lines += [
-            "",
-            "",
-            "class Ramp(LoadTestShape):",
-            "    # (end time in s, users), linear ramps approximated by steps",
-            f"    stages = {stages!r}",
-            "",
-            "    def tick(self):",
-            "        run_time = self.get_run_time()",
-            "        for end, users in self.stages:",
-            "            if run_time < end:",
-            "                return users, max(users, 1)",
-            "        return None",
-        ]
-    lines += [
+        "        # Redirects are not followed: they must not take the load to another host.",
+        f"        self.client.request({inp.method!r}, {path!r}, headers=HEADERS, data=BODY,",
+        "                            allow_redirects=False, context={'intended': self.intended})",
+        "",
+        "",
+        "class Plan(LoadTestShape):",
+        '    """Users along PLAN, then none until the answers in flight are in."""',
+        "",
+        "    def tick(self):",
+        "        t = self.get_run_time()",
+        "        for seconds, start, end in PLAN:",
+        "            if t < seconds:",
+        "                return round(start + (end - start) * t / seconds), SPAWN_RATE",
+        "            t -= seconds",
+        "        if t < DRAIN_S and self.get_current_user_count() > 0:",
+        "            return 0, SPAWN_RATE",
+        "        return None",
+        "",
+        "",
+        "@events.init_command_line_parser.add_listener",
+        "def _options(parser, **_kwargs):",
+        "    parser.add_argument('--perfagent-record', default='',",
+        "                        help='master: append every response the workers report to "
+        "this file')",
+        "",
+        "",
+        "@events.init.add_listener",
+        "def _record(environment, **_kwargs):",
+        "    # A stopped user finishes the request it is in, so that answer counts too.",
+        "    environment.stop_timeout = environment.stop_timeout or DRAIN_S",
+        "    runner = environment.runner",
+        "    if isinstance(runner, WorkerRunner):",
+        "        pending = []",
+        "",
+        "        def keep(start_time, response_time, response_length, response, exception,",
+        "                 context, **_kw):",
+        "            status = getattr(response, 'status_code', 0) or 0",
+        "            kind = None if exception is None else type(exception).__name__",
+        "            intended = (context or {}).get('intended')",
+        "            lag = None if intended is None else start_time - intended",
+        "            pending.append((start_time, response_time, status, response_length or 0, kind,",
+        "                            lag))",
+        "",
+        "        def ship(data, **_kw):",
+        "            # rides on the stats report each worker sends every few seconds and at the end",
+        "            data['perfagent'] = pending[:]",
+        "            pending.clear()",
+        "",
+        "        environment.events.request.add_listener(keep)",
+        "        environment.events.report_to_master.add_listener(ship)",
+        "    record = getattr(environment.parsed_options, 'perfagent_record', '')",
+        "    if isinstance(runner, MasterRunner) and record:",
+        "",
+        "        def collect(client_id, data, **_kw):",
+        "            if data.get('perfagent'):",
+        "                with open(record, 'a', encoding='utf-8') as fh:",
+        "                    fh.write(json.dumps({'worker': client_id, 'rows': data['perfagent']})"
+        " + '\\n')",
+        "",
+        "        environment.events.worker_report.add_listener(collect)",
         "",
         "",
         "@events.quitting.add_listener",
         "def check_thresholds(environment, **_kwargs):",
+        "    if getattr(environment.parsed_options, 'perfagent_record', ''):",
+        "        return  # perfagent checks them on the exact response times it recorded",
         "    stats = environment.stats.total",
         "    observed = {",
         "        'avg': stats.avg_response_time, 'med': stats.median_response_time,",
@@ -1336,7 +1504,6 @@ def locustfile(inp: LoadTestInput) -> str:
         "",
         "",
         "def _split(expr):",
-        "    import re",
         "    m = re.search(r'(p\\([\\d.]+\\)|avg|mean|med|min|max|rate|count)\\s*"
         "(<=|>=|==|<|>)\\s*([\\d.]+)', expr)",
         "    name = {'mean': 'avg'}.get(m.group(1), m.group(1))",
@@ -1353,7 +1520,9 @@ SPEC = ToolSpec(
         "default (constant or ramping arrival rate, latency timed from each request's "
         "intended send time so server stalls are not hidden); closed model with vus. "
         "Reports exact p50/p90/p95/p99/max latency, throughput, error rate, k6-style "
-        "threshold verdicts, and flags a saturated load generator."
+        "threshold verdicts, and flags a saturated load generator. engine=\"locust\" runs "
+        "the same scenario through Locust master/worker processes (workers=N) with the "
+        "same exact statistics."
     ),
     input_model=LoadTestInput,
     result_model=LoadTestResult,
