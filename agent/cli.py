@@ -552,14 +552,23 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     model: ModelOption = None,
     persona: PersonaOption = None,
+    workers: Annotated[int | None, typer.Option(
+        help="server processes; more than one needs PERFAGENT_DATABASE_URL (PostgreSQL)")] = None,
 ) -> None:
-    """Serve the HTTP API, the OpenAI-compatible endpoint, MCP at /mcp and the web chat page."""
+    """Serve the HTTP API, the OpenAI-compatible endpoint, MCP at /mcp and the web chat page.
+
+    With PERFAGENT_DATABASE_URL, threads live in PostgreSQL, and every process
+    serving from it (its --workers, or servers on other hosts) shares them.
+    """
     from agent.server.config import ServerConfig, ServerConfigError
+    from agent.storage import DatabaseUnavailable, check_database, database_url
 
     settings = _settings(model, persona)
     try:
-        config = ServerConfig.from_env(host=host, port=port)
-    except ServerConfigError as exc:
+        config = ServerConfig.from_env(host=host, port=port, workers=workers)
+        if (url := database_url()) is not None:
+            check_database(url)  # refuse to start rather than fail every request
+    except (ServerConfigError, DatabaseUnavailable) as exc:
         raise _fail(exc.code, exc.message, exc.hint) from None
     from agent.server.app import run_server
 

@@ -2,8 +2,9 @@
 
 :func:`stream_turn` yields :class:`RunEvent` objects as the turn happens and
 ends with a ``final`` event carrying the :class:`TurnResult`; :func:`run_turn`
-is the same without the stream. Threads persist in a SQLite checkpointer
-under the state directory, so a turn that fails leaves the thread's earlier
+is the same without the stream. Threads persist in a checkpointer (SQLite
+under the state directory, or PostgreSQL with ``PERFAGENT_DATABASE_URL``:
+see :mod:`agent.storage`), so a turn that fails leaves the thread's earlier
 turns intact and the thread resumable.
 """
 
@@ -44,7 +45,21 @@ class TurnError(Exception):
 
 @asynccontextmanager
 async def open_checkpointer(settings: Settings) -> AsyncIterator[Any]:
-    """The SQLite checkpointer under the state directory, opened for the caller's scope."""
+    """The thread checkpointer, opened for the caller's scope.
+
+    PostgreSQL when ``PERFAGENT_DATABASE_URL`` is set (an unreachable database
+    raises :class:`agent.storage.DatabaseUnavailable`), else the SQLite file
+    under the state directory.
+    """
+    from agent.storage import database_url
+
+    url = database_url()
+    if url is not None:
+        from agent.storage import open_postgres_checkpointer
+
+        async with open_postgres_checkpointer(url) as saver:
+            yield saver
+        return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +113,10 @@ def _as_turn_error(exc: BaseException) -> TurnError:
         return TurnError("unknown_model", str(exc), "pass --model offline or a valid spec")
     if isinstance(exc, PersonaError):
         return TurnError("persona_error", str(exc), "fix the persona file and retry")
+    from agent.storage import as_database_error
+
+    if (lost := as_database_error(exc)) is not None:
+        return lost
     return TurnError("internal_error", f"{type(exc).__name__}: {exc}",
                      "this is a perfagent bug; the thread's earlier turns are intact")
 
@@ -161,9 +180,9 @@ async def _turn_events(
                                            "persona": context.persona.name})
     config = {"configurable": {"thread_id": thread_id}}
     failure: TurnError | None = None
-    async with _checkpointer_scope(settings, checkpointer) as saver:
-        graph = _compiled(saver)
-        try:
+    try:  # opening the checkpointer fails too when its database is down
+        async with _checkpointer_scope(settings, checkpointer) as saver:
+            graph = _compiled(saver)
             from langchain_core.messages import HumanMessage
 
             final_state: dict[str, Any] = {}
@@ -180,8 +199,8 @@ async def _turn_events(
                         yield RunEvent.model_construct(type=chunk["type"], data=chunk["data"])
                     else:
                         final_state = chunk
-        except Exception as exc:  # reported as an error event; the thread stays intact
-            failure = _as_turn_error(exc)
+    except Exception as exc:  # reported as an error event; the thread stays intact
+        failure = _as_turn_error(exc)
     if failure is not None:
         yield _error_event(failure)
         return
@@ -191,7 +210,11 @@ async def _turn_events(
     if record:
         from agent.threads import thread_index
 
-        await thread_index(settings.state_dir).arecord(thread_id, message, result)
+        try:
+            await thread_index(settings).arecord(thread_id, message, result)
+        except Exception as exc:  # e.g. the database went away after the checkpoint
+            yield _error_event(_as_turn_error(exc))
+            return
     yield RunEvent(type="final", data=result.model_dump(mode="json"))
 
 

@@ -3,7 +3,8 @@
 The HTTP server, the OpenAI-compatible endpoint, the MCP server and the ACP
 agent all run turns through one :class:`AgentService`. It keeps one
 checkpointer open for its lifetime (instead of opening SQLite per turn), owns
-the thread index, and caps how many turns run at once: past the cap,
+the thread index, and caps how many turns run at once (across all workers
+when they share PostgreSQL: see :mod:`agent.storage`): past the cap,
 :meth:`AgentService.reserve` refuses at once (HTTP answers 429) rather than
 queueing work the caller may have given up on. The turn itself is
 :func:`agent.run.stream_turn`; nothing here changes what a turn does.
@@ -12,16 +13,25 @@ queueing work the caller may have given up on. The turn itself is
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from agent.context import Settings
 from agent.models import ChatModel
 from agent.results import RunEvent, TurnResult
-from agent.run import final_result, new_thread_id, open_checkpointer, stream_turn, thread_history
+from agent.run import (
+    TurnError,
+    final_result,
+    new_thread_id,
+    open_checkpointer,
+    stream_turn,
+    thread_history,
+)
+from agent.storage import database_errors
 from agent.threads import RecordedTurn, ThreadIndex, ThreadInfo, thread_index
 
 
@@ -53,8 +63,8 @@ class ThreadBusy(Exception):
 class RunSlot:
     """One reserved run slot, bound to the thread it runs on; releasing it twice is harmless."""
 
-    def __init__(self, service: AgentService) -> None:
-        self._service = service
+    def __init__(self, claim: RunClaim) -> None:
+        self._claim = claim
         self._held = True
         self.thread_id: str | None = None
 
@@ -62,17 +72,87 @@ class RunSlot:
         """Claim ``thread_id`` for this slot, or raise :class:`ThreadBusy`."""
         if self.thread_id == thread_id:
             return
-        running = self._service._threads_running
-        if thread_id in running:
+        if not self._claim.claim_thread(thread_id):
             raise ThreadBusy(thread_id)
-        running.add(thread_id)
         self.thread_id = thread_id
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._service._active -= 1
-            self._service._threads_running.discard(self.thread_id)  # type: ignore[arg-type]
+            self._claim.release()
+
+
+class RunClaim(Protocol):
+    """A held run slot as the claim store sees it (see :class:`RunClaims`)."""
+
+    def claim_thread(self, thread_id: str) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class RunClaims(Protocol):
+    """Where the run cap and the one-turn-per-thread rule are kept.
+
+    In this process by default (:class:`LocalRunClaims`); in PostgreSQL, shared
+    by every worker, when threads are (:class:`agent.storage.PostgresRunClaims`).
+    """
+
+    def take(self) -> RunClaim | None: ...
+
+    def active(self) -> int: ...
+
+
+class LocalRunClaims:
+    """The run cap and thread claims of one process: a counter and a set, under a lock
+    (the server takes and releases them from worker threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def take(self) -> _LocalClaim | None:
+        with self.lock:
+            if self.running >= self.limit:
+                return None
+            self.running += 1
+        return _LocalClaim(self)
+
+    def active(self) -> int:
+        return self.running
+
+
+class _LocalClaim:
+    def __init__(self, claims: LocalRunClaims) -> None:
+        self._claims = claims
+        self._threads: list[str] = []
+
+    def claim_thread(self, thread_id: str) -> bool:
+        with self._claims.lock:
+            if thread_id in self._claims.threads:
+                return False
+            self._claims.threads.add(thread_id)
+        self._threads.append(thread_id)
+        return True
+
+    def release(self) -> None:
+        with self._claims.lock:
+            self._claims.running -= 1
+            self._claims.threads.difference_update(self._threads)
+
+
+def run_claims(limit: int) -> RunClaims:
+    """In-process claims, or PostgreSQL advisory locks when threads live in PostgreSQL
+    (then several server processes share one cap and one claim per thread)."""
+    from agent.storage import database_url
+
+    url = database_url()
+    if url is None:
+        return LocalRunClaims(limit)
+    from agent.storage import PostgresRunClaims
+
+    return PostgresRunClaims(url, limit)
 
 
 class AgentService:
@@ -87,11 +167,10 @@ class AgentService:
         self.settings = settings or Settings()
         self.max_concurrent_runs = max_concurrent_runs
         self._model = model
-        self._active = 0
-        self._threads_running: set[str] = set()
+        self._claims = run_claims(max_concurrent_runs)
         self._stack: AsyncExitStack | None = None
         self._checkpointer: Any = None
-        self.index: ThreadIndex = thread_index(self.settings.state_dir)
+        self.index: ThreadIndex = thread_index(self.settings)
 
     async def __aenter__(self) -> AgentService:
         self._stack = AsyncExitStack()
@@ -107,14 +186,19 @@ class AgentService:
 
     @property
     def active_runs(self) -> int:
-        return self._active
+        """Turns running now (in every worker, when they share a database)."""
+        return self._claims.active()
 
     def reserve(self) -> RunSlot:
-        """Take a run slot now, or raise :class:`RunsBusy` if all are taken."""
-        if self._active >= self.max_concurrent_runs:
+        """Take a run slot now, or raise :class:`RunsBusy` if all are taken.
+
+        With a shared database this also raises
+        :class:`agent.storage.DatabaseUnavailable` when the database is down.
+        """
+        claim = self._claims.take()
+        if claim is None:
             raise RunsBusy(self.max_concurrent_runs)
-        self._active += 1
-        return RunSlot(self)
+        return RunSlot(claim)
 
     # ------------------------------------------------------------------ threads
 
@@ -132,8 +216,9 @@ class AgentService:
         info = self.index.get(thread_id)
         if info is None:
             return None
-        messages = await thread_history(thread_id, settings=self.settings,
-                                        checkpointer=self._checkpointer)
+        with database_errors():
+            messages = await thread_history(thread_id, settings=self.settings,
+                                            checkpointer=self._checkpointer)
         return ThreadHistory(thread=info, messages=messages, turns=self.index.turns(thread_id))
 
     # ------------------------------------------------------------------ turns
@@ -155,12 +240,15 @@ class AgentService:
         """
         slot = slot or self.reserve()
         try:
-            thread_id = thread_id or self.create_thread(message).thread_id
             try:
+                thread_id = thread_id or self.create_thread(message).thread_id
                 slot.bind(thread_id)
             except ThreadBusy as exc:
                 yield RunEvent(type="error", data={"code": "thread_busy", "message": str(exc),
                                                    "hint": exc.hint})
+                return
+            except TurnError as exc:  # the shared database is down
+                yield RunEvent(type="error", data=exc.to_dict())
                 return
             events = stream_turn(message, thread_id=thread_id,
                                  settings=self.settings_for(model, persona),

@@ -4,10 +4,15 @@ Metrics are off until :func:`enable_metrics` is called (the server does it at
 start), so a CLI turn pays nothing for them. Once on, every turn that goes
 through :func:`agent.run.stream_turn`, whatever surface started it, is
 observed from its run events: no surface records anything itself.
+
+A server with several worker processes (``perfagent serve --workers N``)
+sets ``PROMETHEUS_MULTIPROC_DIR``: each worker then writes its values to files
+there, and whichever worker answers ``/metrics`` adds up all of them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -22,6 +27,9 @@ if TYPE_CHECKING:
 #: Turn latency buckets (seconds): offline turns take milliseconds, measuring ones minutes.
 TURN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOOL_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+#: prometheus_client's switch to multiprocess mode: the folder the workers share.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: usage keys of a TurnResult -> the ``kind`` label of the token counter.
 _TOKEN_KINDS = {"input_tokens": "input", "output_tokens": "output",
@@ -64,7 +72,8 @@ class Metrics:
             "perfagent_kb_query_duration_seconds", "Knowledge-base searches (retrieval only).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5), registry=r)
         self.runs_in_progress = Gauge(
-            "perfagent_runs_in_progress", "Turns running now.", registry=r)
+            "perfagent_runs_in_progress", "Turns running now.", registry=r,
+            multiprocess_mode="livesum")  # with several workers: the sum over live ones
 
     async def observe(self, events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEvent]:
         """Pass a turn's events through, recording what they say."""
@@ -109,10 +118,16 @@ class Metrics:
                 self.tokens.labels(model, kind).inc(usage[key])
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
-        from prometheus_client import generate_latest
+        """The Prometheus text format of every metric (of every worker, with several)."""
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry)
+        if not os.environ.get(MULTIPROC_DIR_ENV):
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)
 
 
 _METRICS: Metrics | None = None

@@ -2,9 +2,11 @@
 
 The LangGraph checkpointer keeps a thread's messages and state, but it cannot
 list threads cheaply or tell an unknown thread from an empty one, and it does
-not keep past TurnResults. This small SQLite index beside it does: every
-surface records its turns here through :mod:`agent.run`, so a thread started
-in the terminal shows up in the web page's thread list.
+not keep past TurnResults. This small index beside it does: every surface
+records its turns here through :mod:`agent.run`, so a thread started in the
+terminal shows up in the web page's thread list. It is a SQLite file by
+default and PostgreSQL tables with ``PERFAGENT_DATABASE_URL``, so that server
+processes sharing one database list and continue each other's threads.
 """
 
 from __future__ import annotations
@@ -12,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from agent.context import Settings
 from agent.results import TurnResult
+
+#: Columns in the order :func:`_info` reads them.
+_SELECT_THREAD = "SELECT thread_id, title, created_at, updated_at, turns FROM threads"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
     thread_id TEXT PRIMARY KEY,
     title TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
     turns INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS turns (
@@ -32,14 +40,14 @@ CREATE TABLE IF NOT EXISTS turns (
     turn INTEGER NOT NULL,
     message TEXT NOT NULL,
     result TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (thread_id, turn)
 );
 CREATE INDEX IF NOT EXISTS threads_by_update ON threads (updated_at DESC);
 CREATE TABLE IF NOT EXISTS conversation_keys (
     key TEXT PRIMARY KEY,
     thread_id TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -67,69 +75,75 @@ class RecordedTurn(BaseModel):
 
 
 class ThreadIndex:
-    """The SQLite index of threads and their turns (one file under the state directory).
+    """The index of threads and their turns; :func:`thread_index` picks where it lives.
 
-    Each call opens its own short connection, so the index is safe to use from
-    worker threads and from several processes at once (WAL mode).
+    The queries are shared: they are written with ``?`` placeholders and in the
+    SQL that SQLite and PostgreSQL both accept. A subclass only says how to get
+    a connection (:meth:`_connect`) and how to spell its placeholders.
+    Each call uses its own short transaction, so the index is safe to use from
+    worker threads and from several processes at once.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+    def _connect(self) -> AbstractContextManager[Any]:
+        """A connection in a transaction that commits when the block ends."""
+        raise NotImplementedError
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10.0)
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+    def _sql(self, query: str) -> str:
+        return query
+
+    def _run(self, db: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
+        return db.execute(self._sql(query), params)
 
     def ensure(self, thread_id: str, title: str = "") -> ThreadInfo:
         """The thread, created if it does not exist yet (its title is kept if it has one)."""
         now = time.time()
         with self._connect() as db:
-            db.execute(
+            self._run(
+                db,
                 "INSERT INTO threads (thread_id, title, created_at, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(thread_id) DO UPDATE SET title = CASE WHEN threads.title = '' "
                 "THEN excluded.title ELSE threads.title END",
                 (thread_id, title[:TITLE_CHARS], now, now))
-            row = db.execute("SELECT * FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+            row = self._run(db, f"{_SELECT_THREAD} WHERE thread_id = ?", (thread_id,)).fetchone()
         return _info(row)
 
     def get(self, thread_id: str) -> ThreadInfo | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+            row = self._run(db, f"{_SELECT_THREAD} WHERE thread_id = ?", (thread_id,)).fetchone()
         return _info(row) if row else None
 
     def list(self, limit: int = 50) -> list[ThreadInfo]:
         """The most recently used threads first."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM threads ORDER BY updated_at DESC LIMIT ?",
-                              (limit,)).fetchall()
+            rows = self._run(db, f"{_SELECT_THREAD} ORDER BY updated_at DESC LIMIT ?",
+                             (limit,)).fetchall()
         return [_info(r) for r in rows]
 
     def record(self, thread_id: str, message: str, result: TurnResult) -> None:
-        """Store a finished turn and move the thread to the top of the list."""
+        """Store a finished turn and move the thread to the top of the list.
+
+        The turn number comes from the UPDATE that counts it, so two processes
+        recording turns of one thread at once still number them apart.
+        """
         now = time.time()
         payload = result.model_dump_json()
         with self._connect() as db:
-            db.execute(
+            self._run(
+                db,
                 "INSERT INTO threads (thread_id, title, created_at, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(thread_id) DO NOTHING", (thread_id, message[:TITLE_CHARS], now, now))
-            turn = db.execute("SELECT turns FROM threads WHERE thread_id = ?",
-                              (thread_id,)).fetchone()[0]
-            db.execute("INSERT INTO turns VALUES (?, ?, ?, ?, ?)",
-                       (thread_id, turn, message, payload, now))
-            db.execute(
+            turn = self._run(
+                db,
                 "UPDATE threads SET turns = turns + 1, updated_at = ?, title = CASE "
-                "WHEN title = '' THEN ? ELSE title END WHERE thread_id = ?",
-                (now, message[:TITLE_CHARS], thread_id))
+                "WHEN title = '' THEN ? ELSE title END WHERE thread_id = ? RETURNING turns - 1",
+                (now, message[:TITLE_CHARS], thread_id)).fetchone()[0]
+            self._run(db, "INSERT INTO turns (thread_id, turn, message, result, created_at) "
+                          "VALUES (?, ?, ?, ?, ?)", (thread_id, turn, message, payload, now))
 
     def turns(self, thread_id: str) -> list[RecordedTurn]:
         with self._connect() as db:
-            rows = db.execute("SELECT turn, message, result, created_at FROM turns "
-                              "WHERE thread_id = ? ORDER BY turn", (thread_id,)).fetchall()
+            rows = self._run(db, "SELECT turn, message, result, created_at FROM turns "
+                                 "WHERE thread_id = ? ORDER BY turn", (thread_id,)).fetchall()
         return [RecordedTurn(turn=t, message=m, result=TurnResult.model_validate_json(r),
                              created_at=c) for t, m, r, c in rows]
 
@@ -140,19 +154,72 @@ class ThreadIndex:
         each time; the key of what they send finds the thread to continue.
         """
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO conversation_keys VALUES (?, ?, ?)",
-                       (key, thread_id, time.time()))
+            self._run(db, "INSERT INTO conversation_keys (key, thread_id, created_at) "
+                          "VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                          "thread_id = excluded.thread_id, created_at = excluded.created_at",
+                      (key, thread_id, time.time()))
 
     def linked(self, key: str) -> str | None:
         """The thread a transcript key was linked to, if any."""
         with self._connect() as db:
-            row = db.execute("SELECT thread_id FROM conversation_keys WHERE key = ?",
-                             (key,)).fetchone()
+            row = self._run(db, "SELECT thread_id FROM conversation_keys WHERE key = ?",
+                            (key,)).fetchone()
         return row[0] if row else None
 
     async def arecord(self, thread_id: str, message: str, result: TurnResult) -> None:
         """:meth:`record` off the event loop (a write waits for the disk)."""
         await asyncio.to_thread(self.record, thread_id, message, result)
+
+
+class SqliteThreadIndex(ThreadIndex):
+    """The index in one SQLite file under the state directory (WAL mode)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._open()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10.0)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._open()) as db, db:
+            yield db
+
+
+class PostgresThreadIndex(ThreadIndex):
+    """The index in PostgreSQL, shared by every process that uses the same database.
+
+    The tables are created on first use rather than at construction, so that
+    building a service does not need the database up yet. Lost connections are
+    raised as :class:`agent.storage.DatabaseUnavailable`.
+    """
+
+    def __init__(self, url: str) -> None:
+        from agent.storage import sync_pool
+
+        self.url = url
+        self._pool = sync_pool(url, "index", max_size=4)
+        self._ready = False
+
+    def _sql(self, query: str) -> str:
+        return query.replace("?", "%s")
+
+    @contextmanager
+    def _connect(self) -> Iterator[Any]:
+        from agent.storage import database_errors, ensure_schema
+
+        with database_errors(self.url), self._pool.connection() as db:
+            if not self._ready:
+                ensure_schema(db, _SCHEMA)
+                self._ready = True
+            with db.transaction():
+                yield db
 
 
 def _info(row: Any) -> ThreadInfo:
@@ -161,12 +228,25 @@ def _info(row: Any) -> ThreadInfo:
                       updated_at=updated_at, turns=turns)
 
 
-_INDEXES: dict[Path, ThreadIndex] = {}
+_INDEXES: dict[Path | str, ThreadIndex] = {}
 
 
-def thread_index(state_dir: Path) -> ThreadIndex:
-    """The index for a state directory, created once per process."""
-    path = state_dir / "thread_index.sqlite"
+def thread_index(where: Settings | Path) -> ThreadIndex:
+    """The one place that decides where threads are indexed, created once per process.
+
+    Given settings: PostgreSQL when ``PERFAGENT_DATABASE_URL`` is set, else the
+    SQLite file under their state directory. Given a state directory: its SQLite file.
+    """
+    if not isinstance(where, Path):
+        from agent.storage import database_url
+
+        url = database_url()
+        if url is not None:
+            if url not in _INDEXES:
+                _INDEXES[url] = PostgresThreadIndex(url)
+            return _INDEXES[url]
+        where = where.state_dir
+    path = where / "thread_index.sqlite"
     if path not in _INDEXES or not path.exists():
-        _INDEXES[path] = ThreadIndex(path)
+        _INDEXES[path] = SqliteThreadIndex(path)
     return _INDEXES[path]

@@ -42,7 +42,7 @@ MAX_MESSAGE_CHARS = 32_000
 #: The model specs agent.models.parse_spec accepts, for the schema (it stays the judge).
 MODEL_SPEC_PATTERN = r"^\s*(offline|anthropic(:.*)?|openai:.*\S.*)\s*$"
 #: What a run can answer besides its result (a stream reports model failures as events).
-RUN_ERRORS = (404, 409, 429, 500, 502)
+RUN_ERRORS = (404, 409, 429, 500, 502, 503)
 
 
 class RunRequest(BaseModel):
@@ -122,11 +122,12 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
             allow_headers=["authorization", "content-type", "mcp-session-id",
                            "mcp-protocol-version"]))
     app = FastAPI(title="perfagent", version=_version(), lifespan=lifespan,
-                  middleware=middleware, responses=error_responses(400, 401, 413, 422),
+                  middleware=middleware, responses=error_responses(400, 401, 413, 422, 503),
                   description="The performance-engineer agent: it measures before it answers.")
     app.state.service = service
     app.state.config = config
     _install_error_handlers(app)
+    _install_database_handler(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(service: Service) -> Health:
@@ -226,6 +227,17 @@ def _install_error_handlers(app: FastAPI) -> None:
                             status_code=exc.status_code, headers=headers)
 
 
+def _install_database_handler(app: FastAPI) -> None:
+    """A shared database that is down answers 503 (the server stays up and reconnects)."""
+    from agent.server.deps import RETRY_AFTER_S
+    from agent.storage import DatabaseUnavailable
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.hint), status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _methods_of(app: FastAPI, path: str) -> list[str]:
     methods: set[str] = set()
     for route in app.routes:
@@ -257,9 +269,34 @@ def _version() -> str:
         return "0+unknown"
 
 
+def app_from_env() -> FastAPI:
+    """The app as each worker of ``perfagent serve --workers N`` builds it (an import
+    string factory for uvicorn): configuration and settings from the environment,
+    which the serve command fills in (:meth:`ServerConfig.worker_env`)."""
+    return create_app(ServerConfig.from_env(), Settings())
+
+
 def run_server(config: ServerConfig, settings: Settings) -> None:
-    """Serve until interrupted (``perfagent serve``)."""
+    """Serve until interrupted (``perfagent serve``).
+
+    One worker serves the app built here. Several are separate processes that
+    uvicorn starts from :func:`app_from_env`; they share threads and run claims
+    through PostgreSQL, and their metrics through prometheus_client's
+    multiprocess mode (a temporary folder that lives as long as the server).
+    """
+    import os
+    import tempfile
+
     import uvicorn
 
-    uvicorn.run(create_app(config, settings), host=config.host, port=config.port,
-                log_level="info", access_log=False)
+    if config.workers == 1:
+        uvicorn.run(create_app(config, settings), host=config.host, port=config.port,
+                    log_level="info", access_log=False)
+        return
+    from agent.telemetry import MULTIPROC_DIR_ENV
+
+    with tempfile.TemporaryDirectory(prefix="perfagent-metrics-") as metrics_dir:
+        os.environ.update(config.worker_env(settings))
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+        uvicorn.run("agent.server.app:app_from_env", factory=True, workers=config.workers,
+                    host=config.host, port=config.port, log_level="info", access_log=False)

@@ -15,6 +15,9 @@ from agent.context import Settings
 
 #: Requests larger than this are refused with 413 (1 MiB is far beyond any question).
 DEFAULT_MAX_BODY_BYTES = 1_048_576
+#: Where ``perfagent serve --workers N`` tells its worker processes the address to
+#: bind (each builds its app with :meth:`ServerConfig.from_env`).
+HOST_ENV, PORT_ENV, WORKERS_ENV = "PERFAGENT_HOST", "PERFAGENT_PORT", "PERFAGENT_WORKERS"
 
 
 class ServerConfigError(Exception):
@@ -80,10 +83,34 @@ class ServerConfig:
     #: Offer tools that run code or read files (``PERFAGENT_ALLOW_CODE_TOOLS``).
     #: Default: on for loopback, off for any other address.
     allow_code_tools: bool = True
+    #: Server processes (``PERFAGENT_WORKERS``, ``--workers``). More than one needs
+    #: ``PERFAGENT_DATABASE_URL``: the workers share threads, the run cap and the
+    #: thread claims through PostgreSQL.
+    workers: int = 1
 
     @classmethod
-    def from_env(cls, *, host: str = "127.0.0.1", port: int = 8000) -> ServerConfig:
-        """The configuration for ``host:port`` with the environment applied and checked."""
+    def from_env(cls, *, host: str | None = None, port: int | None = None,
+                 workers: int | None = None) -> ServerConfig:
+        """The configuration for ``host:port`` with the environment applied and checked.
+
+        What is not given comes from ``PERFAGENT_HOST``, ``PERFAGENT_PORT`` and
+        ``PERFAGENT_WORKERS`` (the way server workers receive it), else the defaults.
+        """
+        host = host or os.environ.get(HOST_ENV) or "127.0.0.1"
+        port = port if port is not None else _env_int(PORT_ENV, 8000)
+        workers = workers if workers is not None else _env_int(WORKERS_ENV, 1)
+        if workers < 1:
+            raise ServerConfigError("invalid_setting", f"--workers {workers} must be at least 1",
+                                    "pass --workers 1 or more")
+        if workers > 1:
+            from agent.storage import DATABASE_URL_ENV, database_url
+
+            if database_url() is None:
+                raise ServerConfigError(
+                    "workers_need_database",
+                    f"{workers} workers cannot share threads, the run cap and thread claims "
+                    "through SQLite files",
+                    f"set {DATABASE_URL_ENV}=postgresql://user@host/db, or serve with --workers 1")
         keys = _env_list("PERFAGENT_API_KEYS")
         loopback = is_loopback(host)
         if not loopback and not keys:
@@ -99,7 +126,15 @@ class ServerConfig:
             max_concurrent_runs=_env_int("PERFAGENT_MAX_RUNS", 16),
             max_body_bytes=_env_int("PERFAGENT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             allow_code_tools=loopback if code_tools is None else code_tools,
+            workers=workers,
         )
+
+    def worker_env(self, settings: Settings) -> dict[str, str]:
+        """The environment from which each worker process rebuilds this configuration
+        and these settings (see :func:`agent.server.app.app_from_env`)."""
+        return {HOST_ENV: self.host, PORT_ENV: str(self.port), WORKERS_ENV: str(self.workers),
+                "PERFAGENT_MODEL": settings.model, "PERFAGENT_PERSONA": settings.persona,
+                "PERFAGENT_STATE_DIR": str(settings.state_dir)}
 
     def agent_settings(self, settings: Settings) -> Settings:
         """The run settings this server uses: code tools follow the server's rule."""

@@ -6,6 +6,7 @@ native API and the OpenAI-compatible one) depend on it, not on each other.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, TypeVar
 
@@ -46,6 +47,7 @@ _STATUS_MEANING = {
     429: "too many turns are running; retry after the Retry-After seconds",
     500: "the server failed; the thread's earlier turns are intact",
     502: "the language model failed",
+    503: "the database is unreachable; retry after the Retry-After seconds",
 }
 
 
@@ -131,7 +133,8 @@ async def _run_lease(service: Service) -> AsyncIterator[RunLease]:
     """The lease for one request, or the 429 that tells the client to come back.
     Its slot is released even when the request then fails validation."""
     try:
-        lease = RunLease(service.reserve())
+        # Off the event loop: with PostgreSQL, taking a slot is a few queries.
+        lease = RunLease(await asyncio.to_thread(service.reserve))
     except RunsBusy as exc:
         raise ApiError(429, "too_many_runs", str(exc),
                        f"retry after {RETRY_AFTER_S} s, or raise PERFAGENT_MAX_RUNS on the server",

@@ -185,7 +185,7 @@ def openai_router() -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None,
                  responses={200: {"content": {"text/event-stream": {}}},
-                            **error_responses(404, 409, 429, 500, 502)})
+                            **error_responses(404, 409, 429, 500, 502, 503)})
     async def chat_completions(
         body: ChatCompletionRequest, service: Service, lease: Lease, response: Response,
         thread: Annotated[str | None, Header(alias=THREAD_HEADER, max_length=64)] = None,
