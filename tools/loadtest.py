@@ -463,6 +463,18 @@ class _Tally:
     first_send: float | None = None
     last_done: float = 0.0
 
+    def outcome(self, status: int | None, error_kind: str | None) -> None:
+        """Count one finished request: its status, or (no response) its error kind."""
+        if status is not None:
+            self.answered += 1
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status >= 400:
+                self.errors += 1
+        else:
+            self.errors += 1
+            kind = error_kind or "unknown"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
 
 # --------------------------------------------------------------------------- engine
 
@@ -587,15 +599,7 @@ class _Generator:
         if self.keep_starts:
             tally.starts.append(started)
         tally.last_done = now
-        if status is not None:
-            tally.answered += 1
-            tally.statuses[status] = tally.statuses.get(status, 0) + 1
-            if status >= 400:
-                tally.errors += 1
-        else:
-            tally.errors += 1
-            assert kind is not None
-            tally.error_kinds[kind] = tally.error_kinds.get(kind, 0) + 1
+        tally.outcome(status, kind)
 
     # -- open model
 

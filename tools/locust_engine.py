@@ -106,15 +106,7 @@ def read_record(path: Path, tally: _Tally, keep_starts: bool,
                 tally.bytes_received += int(size)
                 first = start if first is None else min(first, start)
                 last = start + latency if last is None else max(last, start + latency)
-                if status:
-                    tally.answered += 1
-                    tally.statuses[status] = tally.statuses.get(status, 0) + 1
-                    if status >= 400:
-                        tally.errors += 1
-                else:
-                    tally.errors += 1
-                    name = _error_kind(kind or "unknown")
-                    tally.error_kinds[name] = tally.error_kinds.get(name, 0) + 1
+                tally.outcome(status or None, None if status else _error_kind(kind or "unknown"))
     tally.first_send = first
     tally.last_done = last or 0.0
     return per_worker, lags
