@@ -817,13 +817,7 @@ def _sqlite_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryR
         else:
             _measure_on_copy(path, sql, params, suggestions, inp, report)
             _settle(findings, suggestions)
-            timed = [s for s in suggestions if s.time_after_ms is not None]
-            if timed:
-                best = min(timed, key=lambda s: s.time_after_ms or 0.0)
-                assert best.time_after_ms is not None
-                measurements.append(Measurement(
-                    name="query_time_with_index", value=round(best.time_after_ms, 4),
-                    unit="ms", source="explain_query", target=f"{target} + {best.sql}"))
+            measurements += _best_index_time(suggestions, target)
 
     summary = [f"{_short(sql)}: median {median_ms:.2f} ms over {runs} runs, {rows} rows"]
     scans = [f for f in findings if f.kind == "full_scan"]
@@ -840,6 +834,16 @@ def _sqlite_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryR
         query_time_ms=round(median_ms, 4), runs=runs, rows_returned=rows,
         table_rows=table_rows, index_suggestions=suggestions, findings=findings,
         measurements=measurements, notes=notes, summary="\n".join(summary[:3]))
+
+
+def _best_index_time(suggestions: list[IndexSuggestion], target: str) -> list[Measurement]:
+    """The query time with the fastest measured index, as a measurement (none measured: [])."""
+    timed = [s for s in suggestions if s.time_after_ms is not None]
+    if not timed:
+        return []
+    best = min(timed, key=lambda s: s.time_after_ms or 0.0)
+    return [Measurement(name="query_time_with_index", value=round(best.time_after_ms or 0.0, 4),
+                        unit="ms", source="explain_query", target=f"{target} + {best.sql}")]
 
 
 def _settle(findings: list[Finding], suggestions: list[IndexSuggestion]) -> None:
@@ -1283,13 +1287,7 @@ def _pg_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryResul
                 if not s.used_by_planner:
                     s.note = "the planner did not use this index; it does not help"
             _settle(findings, suggestions)
-            timed_ok = [s for s in suggestions if s.time_after_ms is not None]
-            if timed_ok:
-                best = min(timed_ok, key=lambda s: s.time_after_ms or 0.0)
-                assert best.time_after_ms is not None
-                measurements.append(Measurement(
-                    name="query_time_with_index", value=round(best.time_after_ms, 4),
-                    unit="ms", source="explain_query", target=f"{sql} + {best.sql}"))
+            measurements += _best_index_time(suggestions, sql)
             notes.append("indexes were created inside a transaction that was rolled back; "
                          "while it ran, writes to the table waited (lock_timeout 2 s)")
     except psycopg.errors.QueryCanceled:

@@ -123,21 +123,28 @@ def _blocks(lines: list[str]) -> list[str]:
     return [b for b in blocks if b.strip()]
 
 
-def _split_block(block: str, limit: int) -> list[str]:
-    """A single block over the limit (a long code listing or log) is cut between lines."""
-    pieces: list[str] = []
+def _pack(items: list[str], limit: int, joiner: str, per_item: int = 0) -> list[str]:
+    """Greedily join consecutive items into parts of at most ``limit`` estimated tokens,
+    counting ``per_item`` extra tokens for each (an item over the limit on its own stays
+    a part of its own)."""
+    parts: list[str] = []
     current: list[str] = []
     size = 0
-    for line in block.splitlines():
-        cost = estimate_tokens(line) + 1
+    for item in items:
+        cost = estimate_tokens(item) + per_item
         if current and size + cost > limit:
-            pieces.append("\n".join(current))
+            parts.append(joiner.join(current))
             current, size = [], 0
-        current.append(line)
+        current.append(item)
         size += cost
     if current:
-        pieces.append("\n".join(current))
-    return pieces
+        parts.append(joiner.join(current))
+    return parts
+
+
+def _split_block(block: str, limit: int) -> list[str]:
+    """A single block over the limit (a long code listing or log) is cut between lines."""
+    return _pack(block.splitlines(), limit, "\n", per_item=1)  # the line break costs one
 
 
 def split_section(text: str, limit: int = MAX_TOKENS) -> list[str]:
@@ -147,22 +154,10 @@ def split_section(text: str, limit: int = MAX_TOKENS) -> list[str]:
         return []
     if estimate_tokens(text) <= limit:
         return [text]
-    parts: list[str] = []
-    current: list[str] = []
-    size = 0
-    for block in _blocks(text.splitlines()):
-        cost = estimate_tokens(block)
-        pieces = [block] if cost <= limit else _split_block(block, limit)
-        for piece in pieces:
-            piece_cost = estimate_tokens(piece)
-            if current and size + piece_cost > limit:
-                parts.append("\n\n".join(current))
-                current, size = [], 0
-            current.append(piece)
-            size += piece_cost
-    if current:
-        parts.append("\n\n".join(current))
-    return parts
+    pieces = [piece for block in _blocks(text.splitlines())
+              for piece in ([block] if estimate_tokens(block) <= limit
+                            else _split_block(block, limit))]
+    return _pack(pieces, limit, "\n\n")
 
 
 def _passages(source: str, path: str, sections: list[tuple[str, str]], tags: tuple[str, ...],
