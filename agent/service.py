@@ -213,13 +213,14 @@ class AgentService:
 
     async def history(self, thread_id: str) -> ThreadHistory | None:
         """The thread's messages and past TurnResults; None for a thread that does not exist."""
-        info = self.index.get(thread_id)
+        info = await asyncio.to_thread(self.index.get, thread_id)
         if info is None:
             return None
         with database_errors():
             messages = await thread_history(thread_id, settings=self.settings,
                                             checkpointer=self._checkpointer)
-        return ThreadHistory(thread=info, messages=messages, turns=self.index.turns(thread_id))
+        turns = await asyncio.to_thread(self.index.turns, thread_id)
+        return ThreadHistory(thread=info, messages=messages, turns=turns)
 
     # ------------------------------------------------------------------ turns
 
@@ -238,11 +239,13 @@ class AgentService:
         time: a second gets a ``thread_busy`` error event. The slot is released
         when the turn ends, fails or is cancelled.
         """
-        slot = slot or self.reserve()
+        # Claims and the thread index may be database round trips: off the event loop.
+        slot = slot or await asyncio.to_thread(self.reserve)
         try:
             try:
-                thread_id = thread_id or self.create_thread(message).thread_id
-                slot.bind(thread_id)
+                if thread_id is None:
+                    thread_id = (await asyncio.to_thread(self.create_thread, message)).thread_id
+                await asyncio.to_thread(slot.bind, thread_id)
             except ThreadBusy as exc:
                 yield RunEvent(type="error", data={"code": "thread_busy", "message": str(exc),
                                                    "hint": exc.hint})

@@ -129,8 +129,11 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
     _install_error_handlers(app)
     _install_database_handler(app)
 
+    # Routes that only read or write the thread index or the run claims are plain
+    # functions: FastAPI runs them off the event loop, where a database round trip
+    # (PostgreSQL) cannot stall the streams of running turns.
     @app.get("/healthz", tags=["ops"])
-    async def healthz(service: Service) -> Health:
+    def healthz(service: Service) -> Health:
         """Liveness, with the run cap's current use."""
         return Health(status="ok", model=service.settings.model, persona=service.settings.persona,
                       active_runs=service.active_runs,
@@ -145,12 +148,12 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/threads", tags=["threads"])
-    async def list_threads(service: Service) -> ThreadList:
+    def list_threads(service: Service) -> ThreadList:
         """Threads, most recently used first."""
         return ThreadList(threads=service.threads())
 
     @app.post("/v1/threads", tags=["threads"])
-    async def create_thread(service: Service, body: NewThread | None = None) -> ThreadInfo:
+    def create_thread(service: Service, body: NewThread | None = None) -> ThreadInfo:
         """A new, empty thread."""
         return service.create_thread(body.title if body else "")
 

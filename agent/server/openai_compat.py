@@ -191,8 +191,9 @@ def openai_router() -> APIRouter:
         thread: Annotated[str | None, Header(alias=THREAD_HEADER, max_length=64)] = None,
     ) -> ChatCompletion | EventSourceResponse:
         """A chat completion; ``stream: true`` answers with chunks and ``data: [DONE]``."""
-        turn = _Turn(body, service, thread)
-        claim_thread(lease, turn.thread_id)
+        # Off the event loop: mapping the transcript to a thread reads the index.
+        turn = await asyncio.to_thread(_Turn, body, service, thread)
+        await asyncio.to_thread(claim_thread, lease, turn.thread_id)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         headers = {THREAD_HEADER: turn.thread_id}
         if body.stream:
@@ -208,7 +209,7 @@ def openai_router() -> APIRouter:
                                        persona=turn.persona, slot=lease.slot)
         except TurnError as exc:
             raise turn_error(exc) from None
-        turn.remember(result.answer)
+        await asyncio.to_thread(turn.remember, result.answer)
         response.headers.update(headers)
         return ChatCompletion(
             id=completion_id, created=int(time.time()), model=turn.model_name,
@@ -299,7 +300,7 @@ async def _chunks(events: AsyncIterator[RunEvent], turn: _Turn, completion_id: s
             if rest:
                 sent.append(rest)
                 yield chunk({"content": rest})
-            turn.remember("".join(sent))
+            await asyncio.to_thread(turn.remember, "".join(sent))
             yield chunk({}, finish="stop")
             if include_usage:
                 yield {**chunk({}), "choices": [], "usage": _usage(event.data).model_dump()}
