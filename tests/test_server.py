@@ -323,9 +323,11 @@ def test_client_disconnect_cancels_the_turn_and_its_tool_process(
                            json={"message": f"Why is {workspace / 'spin.py'} slow?"}) as r:
             for _ in sse_events(r):  # progress events arrive twice a second
                 if pid_file.exists() and pid_file.read_text():
+                    # Checked before leaving the loop: leaving it closes the stream,
+                    # which (rightly) kills the script at once.
+                    pid = int(pid_file.read_text())
+                    assert psutil.pid_exists(pid)
                     break
-            pid = int(pid_file.read_text())
-            assert psutil.pid_exists(pid)
         # The response is closed: the turn must stop and take the script with it.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
