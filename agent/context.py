@@ -57,6 +57,10 @@ class Settings:
         default_factory=lambda: _env_int("PERFAGENT_MAX_DELEGATION_DEPTH", 1))
     #: whether tools that run code or read files are offered (a public server turns this off).
     allow_code_tools: bool = True
+    #: whether turns serve a server bound to a public address: tools then reach only
+    #: the hosts the operator lists (not this host's loopback) and hide other
+    #: processes' command lines (see SECURITY.md).
+    public_server: bool = False
     #: where measurements are remembered as baselines (default: the state directory);
     #: the eval runner gives each case its own, so one run's numbers never leak into
     #: another case's answer.

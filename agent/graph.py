@@ -274,7 +274,7 @@ async def tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
 
         outcome = await execute(call["name"], dict(call["args"]), allowed=ctx.allowed_tools,
                                 delegate=ctx.delegate, search=knowledge.search,
-                                progress=progress)
+                                progress=progress, public_server=ctx.settings.public_server)
         emit({"type": "tool_result", "data": {**outcome.record, "id": call["id"],
                                               "depth": ctx.depth}})
         return call, outcome

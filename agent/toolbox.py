@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from agent.models.base import ToolSchema
 from agent.persona import Persona
 from tools import ToolError, get_tool, tool_names
+from tools.base import serving_public
 
 #: Runs a delegation: (target persona, task) -> (answer, extra record fields).
 DelegateRunner = Callable[[str, str], Awaitable[dict[str, Any]]]
@@ -98,11 +99,13 @@ async def execute(
     delegate: DelegateRunner | None = None,
     search: Callable[[str, int], list[dict[str, Any]]] | None = None,
     progress: Callable[[float, str], None] | None = None,
+    public_server: bool = False,
 ) -> ToolOutcome:
     """Run one tool call; every failure comes back as a structured error, never a raise.
 
     ``delegate`` and ``search`` back the agent-only tools; a caller that runs
-    measurement tools alone (the MCP server) leaves them out."""
+    measurement tools alone (the MCP server) leaves them out. ``public_server``
+    runs the tool under the rules of a server bound to a public address."""
     started = time.perf_counter()
     if name not in allowed or (name == "delegate" and delegate is None) or (
             name == "knowledge_search" and search is None):
@@ -128,7 +131,8 @@ async def execute(
             )
         spec = get_tool(name)
         inp = spec.input_model.model_validate(args)
-        result = await spec.run(inp, progress)
+        with serving_public(public_server):
+            result = await spec.run(inp, progress)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()[:5]

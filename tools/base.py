@@ -12,11 +12,13 @@ saying what to do next. This module imports nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -174,48 +176,166 @@ def resolve_in_workspace(path: str | os.PathLike[str], *, must_exist: bool = Tru
 
 
 def allowed_hosts() -> set[str]:
-    """Hosts other than loopback that the operator allowed for network tools."""
+    """Hosts the operator allowed for network tools (``PERFAGENT_ALLOWED_HOSTS``).
+
+    Entries are comma-separated names or addresses, each optionally with a
+    port (``10.0.0.5``, ``staging.internal:8080``, ``[::1]:6379``).
+    """
     raw = os.environ.get("PERFAGENT_ALLOWED_HOSTS", "")
     return {h.strip().lower() for h in raw.split(",") if h.strip()}
 
 
-def _is_loopback(host: str) -> bool:
+#: Whether the tools run for a server bound to a public address. There, the
+#: services listening on the host's own loopback (admin consoles, databases) are
+#: not the public's to reach unless listed, and other users' processes are not
+#: theirs to read.
+_PUBLIC_SERVER: ContextVar[bool] = ContextVar("perfagent_public_server", default=False)
+
+
+@contextlib.contextmanager
+def serving_public(public: bool) -> Iterator[None]:
+    """Run the tools called within this block under the public-server rules (or not)."""
+    token = _PUBLIC_SERVER.set(public)
     try:
-        return ipaddress.ip_address(host).is_loopback
+        yield
+    finally:
+        _PUBLIC_SERVER.reset(token)
+
+
+def on_public_server() -> bool:
+    """Whether the current tool call serves a server bound to a public address."""
+    return _PUBLIC_SERVER.get()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A network target that passed the check, with the addresses it was checked at.
+
+    Clients connect to ``addresses`` and never resolve ``host`` again: a name
+    resolved twice can answer differently the second time (DNS rebinding) and
+    send the connection somewhere the check never saw.
+    """
+
+    host: str
+    port: int | None
+    addresses: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        """The address to connect to (the first the name resolved to)."""
+        return self.addresses[0]
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
     except ValueError:
-        pass
-    if host == "localhost":
-        return True
+        return None
+
+
+def _resolve(host: str, port: int | None) -> tuple[str, ...]:
+    """Every address ``host`` resolves to, in resolver order (empty when it does not)."""
+    if _literal(host) is not None:
+        return (str(_literal(host)),)
     try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return ()
+    seen: dict[str, None] = {}
+    for info in infos:
+        seen.setdefault(str(info[4][0]).split("%", 1)[0], None)
+    return tuple(seen)
 
 
-def check_target_url(url: str) -> str:
+def _local_only(address: str) -> bool:
+    """Addresses that reach this machine or its link: loopback, any, link-local."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    ip = mapped or ip
+    return ip.is_loopback or ip.is_unspecified or ip.is_link_local
+
+
+def _listed(names: set[str], allowed: set[str], port: int | None) -> bool:
+    for name in names:
+        if name in allowed:
+            return True
+        if port is not None:
+            shown = f"[{name}]" if ":" in name else name
+            if f"{shown}:{port}" in allowed:
+                return True
+    return False
+
+
+def check_target_host(host: str, port: int | None = None, *,
+                      what: str = "network tools") -> Target:
+    """Check ``host`` (and ``port``) against the target policy and resolve it once.
+
+    Allowed: a host whose every address is loopback (unless a public server
+    turned that off), or one the operator listed in ``PERFAGENT_ALLOWED_HOSTS``.
+    Raises ToolError ``target_refused`` otherwise, naming the setting to change.
+    """
+    host = host.strip().lower().strip("[]")
+    if not host:
+        raise ToolError("invalid_url", "the target names no host",
+                        "give a host such as 127.0.0.1")
+    allowed = allowed_hosts()
+    addresses = _resolve(host, port)
+    listed_name = _listed({host}, allowed, port)
+    loopback_ok = not on_public_server()
+    shown = f"[{host}]" if ":" in host else host
+    entry = f"{shown}:{port}" if port is not None else shown
+    if not addresses:
+        if listed_name:
+            raise ToolError("target_unresolvable", f"{host} does not resolve",
+                            "check the name, or list its address instead")
+        raise ToolError("target_refused",
+                        f"{host} does not resolve to a loopback address and is not in the "
+                        "allowed hosts", f"{what} target loopback only; to allow this host set "
+                        f"PERFAGENT_ALLOWED_HOSTS={entry}")
+    local = [a for a in addresses if _local_only(a)]
+    if loopback_ok:
+        if listed_name or all(ipaddress.ip_address(a).is_loopback for a in addresses):
+            return Target(host, port, addresses)
+        raise ToolError("target_refused",
+                        f"{host} is not a loopback address and is not in the allowed hosts",
+                        f"{what} target loopback only; to allow this host set "
+                        f"PERFAGENT_ALLOWED_HOSTS={entry}")
+    # A public server: only listed hosts, and a listed name that resolves to this
+    # machine's own loopback (or link-local, e.g. a cloud metadata service) is
+    # refused unless that address itself is listed.
+    if listed_name and (not local or _listed(set(local), allowed, port)):
+        return Target(host, port, addresses)
+    if _listed(set(addresses), allowed, port) and len(addresses) == 1:
+        return Target(host, port, addresses)
+    raise ToolError("target_refused",
+                    f"{host} is not in this server's allowed hosts",
+                    "a server bound to a public address reaches only the hosts its operator "
+                    f"lists; to allow this one set PERFAGENT_ALLOWED_HOSTS={entry} on the server")
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL; ToolError ``invalid_url`` when it is not one."""
+    bad = ToolError("invalid_url", f"{url!r} is not a valid http(s) URL",
+                    "give a full URL such as http://127.0.0.1:8000/items")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise bad
+    return parts.scheme, host.lower(), port or (443 if parts.scheme == "https" else 80)
+
+
+def check_target_url(url: str, *, what: str = "load tests") -> Target:
     """Refuse any URL whose host is neither loopback nor explicitly allowed.
 
-    Returns the host. Load tests must never leave the machine unless the
-    operator named the host in ``PERFAGENT_ALLOWED_HOSTS``.
+    Returns the checked target; connect to its ``addresses``. Load tests never
+    leave the machine unless the operator named the host in
+    ``PERFAGENT_ALLOWED_HOSTS``.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ToolError(
-            "invalid_url",
-            f"{url!r} is not an http(s) URL",
-            "give a full URL such as http://127.0.0.1:8000/items",
-        )
-    host = parts.hostname.lower()
-    if host in allowed_hosts() or _is_loopback(host):
-        return host
-    raise ToolError(
-        "target_refused",
-        f"{host} is not a loopback address and is not in the allowed hosts",
-        "load tests target loopback only; to allow this host set "
-        f"PERFAGENT_ALLOWED_HOSTS={host}",
-    )
+    _scheme, host, port = split_url(url)
+    return check_target_host(host, port, what=what)
 
 
 def tail(text: str, lines: int = 20) -> str:

@@ -48,7 +48,7 @@ from tools.base import (
     ToolError,
     ToolResult,
     ToolSpec,
-    check_target_url,
+    check_target_host,
     resolve_in_workspace,
     within_budget,
 )
@@ -172,14 +172,17 @@ class RedisTarget:
     display: str
     host: str
     db: int
+    #: the address the host was checked at: the client connects there and never
+    #: resolves the name again (DNS rebinding)
+    address: str
 
 
 def check_redis_url(url: str) -> RedisTarget:
     """Parse a redis:// or rediss:// URL and apply the load-test host rule.
 
-    The host must be loopback or in ``PERFAGENT_ALLOWED_HOSTS``; the check is
-    :func:`tools.base.check_target_url` on the equivalent http URL, so both
-    tools follow one rule. Nothing connects here.
+    The host must be loopback or in ``PERFAGENT_ALLOWED_HOSTS``: the check is
+    :func:`tools.base.check_target_host`, the one rule of every network tool.
+    The name is resolved here, once; nothing connects.
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
@@ -196,18 +199,12 @@ def check_redis_url(url: str) -> RedisTarget:
     if not path.isdigit():
         raise ToolError("invalid_url", f"{path!r} is not a database number",
                         "end the URL with the database number, e.g. /0")
-    try:
-        check_target_url(f"http://[{host}]/" if ":" in host else f"http://{host}/")
-    except ToolError as exc:
-        raise ToolError(
-            "target_refused",
-            f"Redis host {host} is not a loopback address and is not in the allowed hosts",
-            f"cache_stats reads loopback only; to allow this host set PERFAGENT_ALLOWED_HOSTS={host}",
-        ) from exc
+    checked = check_target_host(host, port or 6379, what="cache_stats")
     user = unquote(parts.username) + "@" if parts.username else ""
     netloc = f"[{host}]" if ":" in host else host
     display = f"{parts.scheme}://{user}{netloc}{f':{port}' if port else ''}/{int(path)}"
-    return RedisTarget(url=url.strip(), display=display, host=host, db=int(path))
+    return RedisTarget(url=url.strip(), display=display, host=host, db=int(path),
+                       address=checked.address)
 
 
 def _redis_errors(target: RedisTarget, timeout: float) -> Callable[[BaseException], ToolError | None]:
@@ -367,6 +364,7 @@ async def run_stats(inp: CacheStatsInput, progress: ProgressCallback | None = No
     client = redis.Redis.from_url(target.url, socket_connect_timeout=inp.timeout,
                                   socket_timeout=inp.timeout, decode_responses=False,
                                   retry=Retry(NoBackoff(), 0))
+    client.connection_pool.connection_kwargs["host"] = target.address
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         try:

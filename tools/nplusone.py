@@ -46,7 +46,6 @@ import contextlib
 import json
 import re
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -66,7 +65,7 @@ from tools.base import (
     tail,
     workspace_roots,
 )
-from tools.process import read_tail, run_bounded
+from tools.process import ScratchDir, read_tail, run_bounded
 
 TOOL = "detect_n_plus_one"
 #: Shapes repeated this many times in one request are a high-severity N+1.
@@ -871,7 +870,7 @@ async def _from_script(inp: NPlusOneInput, progress: ProgressCallback | None) ->
                         'write "function", "Class.method" or "module:function"')
     if progress is not None:
         progress(0.0, f"running {script.name} with query capture")
-    with tempfile.TemporaryDirectory(prefix="perfagent-nplusone-") as tmp:
+    with ScratchDir("perfagent-nplusone-") as tmp:
         folder = Path(tmp)
         runner = folder / RUNNER_NAME
         runner.write_text(RUNNER_SOURCE, encoding="utf-8")

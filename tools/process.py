@@ -1,19 +1,101 @@
-"""Running user code in a subprocess, bounded in time, for the tools that execute code.
+"""Running user code in a subprocess, bounded in time, and scratch folders that never outlive us.
 
 The child gets its own process group so a timeout, an error or a cancelled
 call kills it together with anything it started: a profiled script must never
-outlive the tool call.
+outlive the tool call. Nor may it outlive perfagent: every group and every
+scratch folder is also reported to the reaper (:mod:`tools.reaper`), a small
+separate process that kills and removes what is left when perfagent dies, by
+``kill -9`` too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tools.base import ProgressCallback, ToolError
+
+
+class _Reaper:
+    """perfagent's end of the pipe to its reaper, started on first use (once per process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0  # the pid that started it: a forked child needs its own
+
+    def _pipe(self) -> subprocess.Popen[bytes] | None:
+        if self._proc is not None and self._owner == os.getpid() and self._proc.poll() is None:
+            return self._proc
+        try:
+            # -I: the reaper imports only the standard library, never the user's modules.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", str(Path(__file__).with_name("reaper.py"))],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError:
+            self._proc = None  # cleanup then rests on this process alone, as before
+        self._owner = os.getpid()
+        return self._proc
+
+    def tell(self, verb: str, item: int | str) -> None:
+        with self._lock:
+            proc = self._pipe()
+            if proc is None or proc.stdin is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.write(json.dumps([verb, item]).encode() + b"\n")
+                proc.stdin.flush()
+
+    @property
+    def pid(self) -> int | None:
+        """The reaper's pid, once started (tests watch it)."""
+        return self._proc.pid if self._proc is not None else None
+
+
+REAPER = _Reaper()
+
+
+class ScratchDir:
+    """A temporary folder removed when it is done with, or by the reaper if perfagent dies.
+
+    Used like :class:`tempfile.TemporaryDirectory` (``name``, ``cleanup()``, a
+    context manager that yields the path as a string).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.name = tempfile.mkdtemp(prefix=prefix)
+        REAPER.tell("+dir", self.name)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.name, ignore_errors=True)
+        REAPER.tell("-dir", self.name)
+
+    def __enter__(self) -> str:
+        return self.name
+
+    def __exit__(self, *_exc: object) -> None:
+        self.cleanup()
+
+
+@contextlib.contextmanager
+def watched_group(pid: int) -> Iterator[None]:
+    """Have the reaper kill process group ``pid`` if perfagent dies while it runs."""
+    REAPER.tell("+group", pid)
+    try:
+        yield
+    finally:
+        REAPER.tell("-group", pid)
 
 
 async def run_bounded(cmd: list[str], cwd: Path, timeout: float, out: Path, err: Path,
@@ -27,6 +109,12 @@ async def run_bounded(cmd: list[str], cwd: Path, timeout: float, out: Path, err:
         except OSError as exc:
             raise ToolError("spawn_failed", f"could not start {cmd[0]}: {exc}",
                             "check that the Python interpreter is runnable") from None
+    with watched_group(proc.pid):
+        return await _wait_bounded(proc, timeout, progress, label)
+
+
+async def _wait_bounded(proc: asyncio.subprocess.Process, timeout: float,
+                        progress: ProgressCallback | None, label: str) -> tuple[int | None, bool]:
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +50,7 @@ from tools.base import (
     tail,
     workspace_roots,
 )
-from tools.process import read_tail, run_bounded
+from tools.process import ScratchDir, read_tail, run_bounded
 
 #: A function is a CPU hotspot when it (with the library calls it makes) takes
 #: more than this share of the profiled time.
@@ -550,7 +549,7 @@ def _repeated_queries(kept: dict[FuncKey, tuple[Any, ...]], user: dict[FuncKey, 
 
 
 #: (runner's JSON, pstats path or None, stdout tail, the temp folder holding them)
-_RunOutput = tuple[dict[str, Any], Path | None, str, "tempfile.TemporaryDirectory[str]"]
+_RunOutput = tuple[dict[str, Any], Path | None, str, ScratchDir]
 
 
 async def _run_once(script: Path, args: list[str], cwd: Path, timeout: float, *,
@@ -558,7 +557,7 @@ async def _run_once(script: Path, args: list[str], cwd: Path, timeout: float, *,
                     progress: ProgressCallback | None,
                     label: str, module: str | None = None) -> _RunOutput:
     """Run the script once under the runner; raise ToolError on timeout or failure."""
-    tmp = tempfile.TemporaryDirectory(prefix="perfagent-profile-")
+    tmp = ScratchDir("perfagent-profile-")
     folder = Path(tmp.name)
     try:
         runner = folder / RUNNER_NAME
@@ -779,7 +778,7 @@ async def _sample_pid(inp: ProfileInput, progress: ProgressCallback | None) -> P
         pass  # exists but is not ours; py-spy will say whether it can read it
     rate = 100
     base = Path.cwd()
-    with tempfile.TemporaryDirectory(prefix="perfagent-pyspy-") as tmp:
+    with ScratchDir("perfagent-pyspy-") as tmp:
         folder = Path(tmp)
         raw_path, out, err = folder / "raw.txt", folder / "out.txt", folder / "err.txt"
         cmd = [exe, "record", "--pid", str(inp.pid), "--duration", str(max(1, round(inp.duration))),

@@ -38,10 +38,11 @@ from tools.base import (
     Finding,
     Measurement,
     ProgressCallback,
+    Target,
     ToolError,
     ToolResult,
     ToolSpec,
-    check_target_url,
+    check_target_host,
     resolve_in_workspace,
 )
 
@@ -766,9 +767,28 @@ def _explain(conn: Any, sql: str, params: Any) -> list[PlanRow]:
             for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
 
 
+def _read_only_uri(path: Path) -> str:
+    """A read-only SQLite URI for the user's database that leaves nothing beside it.
+
+    A read-only connection to a database in WAL mode still creates its ``-wal``
+    and ``-shm`` files and cannot remove them when it closes. When no other
+    connection has them open (no ``-wal`` file exists, so every change is in
+    the main file), ``immutable=1`` reads the file as it is, without them.
+    When they exist, a writer is at work and the files are its own.
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path))}?mode=ro"
+    with path.open("rb") as fh:
+        header = fh.read(20)
+    in_wal_mode = len(header) == 20 and header[18] == 2  # file format versions: 2 is WAL
+    if in_wal_mode and not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return uri
+
+
 def _sqlite_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryResult:
     import sqlite3
-    from urllib.parse import quote
 
     path = resolve_in_workspace(inp.database)
     if not path.is_file():
@@ -784,8 +804,7 @@ def _sqlite_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryR
     notes: list[str] = []
     params = _bind(toks, inp.params, notes)
 
-    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True,
-                           check_same_thread=False)
+    conn = sqlite3.connect(_read_only_uri(path), uri=True, check_same_thread=False)
     try:
         conn.set_authorizer(_deny_writes())
         try:
@@ -997,17 +1016,17 @@ def _measure_on_copy(path: Path, sql: str, params: Any, suggestions: list[IndexS
     """Create each suggested index on a temp copy and time the query before and after."""
     import shutil
     import sqlite3
-    import tempfile
-    from urllib.parse import quote
 
-    with tempfile.TemporaryDirectory(prefix="perfagent-explain-") as tmp:
+    from tools.process import ScratchDir
+
+    with ScratchDir("perfagent-explain-") as tmp:
         if shutil.disk_usage(tmp).free < path.stat().st_size * 2:
             for s in suggestions:
                 s.note = "not measured: too little free disk space for a copy"
             return
         copy = Path(tmp) / "copy.sqlite"
         report(0.4, "copying the database to measure the suggested index")
-        src = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        src = sqlite3.connect(_read_only_uri(path), uri=True)
         dst = sqlite3.connect(str(copy), check_same_thread=False)
         try:
             src.backup(dst)
@@ -1113,8 +1132,22 @@ def _pg_dollar(sql: str, toks: list[Tok]) -> tuple[str, int]:
     return "".join(out), max(numbers.values(), default=0)
 
 
-def _pg_check_hosts(dsn: str) -> None:
-    """PostgreSQL hosts follow the load-test rule: loopback or operator-allowed only."""
+#: Connection parameters that move the target to a file's say (a service entry),
+#: so the DSN alone would not show where libpq connects.
+_PG_HIDDEN_TARGET = ("service", "servicefile")
+
+
+def _pg_pinned_dsn(dsn: str) -> str:
+    """The DSN with every server it names checked and pinned to its checked address.
+
+    libpq connects to ``hostaddr`` when one is given (``host`` then only names
+    the server for TLS and the password file), tries each of several
+    comma-separated hosts in turn, and would resolve a name again when it
+    connects. So every host and every hostaddr is checked against the
+    network-tool rule (loopback or ``PERFAGENT_ALLOWED_HOSTS``), and each name
+    gets the address it was checked at as its ``hostaddr``. Unix sockets are
+    local by definition.
+    """
     import psycopg
 
     try:
@@ -1122,17 +1155,50 @@ def _pg_check_hosts(dsn: str) -> None:
     except psycopg.ProgrammingError as exc:
         raise ToolError("invalid_database", f"not a valid PostgreSQL DSN: {exc}",
                         "write it as postgresql://user@127.0.0.1:5432/dbname") from None
-    hosts = str(info.get("host") or info.get("hostaddr") or "").split(",")
-    for host in (h.strip() for h in hosts):
-        if not host or host.startswith("/"):
-            continue  # unix socket: local by definition
-        try:
-            check_target_url(f"http://[{host}]/" if ":" in host else f"http://{host}/")
-        except ToolError as exc:
-            raise ToolError(
-                "target_refused",
-                f"PostgreSQL host {host} is not loopback and not in the allowed hosts",
-                f"to allow it set PERFAGENT_ALLOWED_HOSTS={host}") from exc
+    hidden = [key for key in _PG_HIDDEN_TARGET if info.get(key)]
+    if hidden:
+        raise ToolError("invalid_database",
+                        f"the DSN names its server through {hidden[0]}=, which explain_query "
+                        "cannot check", "give host (and port) in the DSN itself")
+    hosts = [h.strip() for h in str(info.get("host") or "").split(",")]
+    addrs = [a.strip() for a in str(info.get("hostaddr") or "").split(",")]
+    ports = [p.strip() for p in str(info.get("port") or "").split(",")]
+    count = max(len(hosts), len(addrs))
+    if len(hosts) not in (1, count) or len(addrs) not in (1, count):
+        raise ToolError("invalid_database", "the DSN's host and hostaddr lists differ in length",
+                        "give one hostaddr per host, or none")
+    pinned_hosts: list[str] = []
+    pinned_addrs: list[str] = []
+    for index in range(count):
+        host = hosts[index] if len(hosts) > 1 else hosts[0]
+        addr = addrs[index] if len(addrs) > 1 else addrs[0]
+        raw_port = ports[index] if len(ports) > 1 else ports[0]
+        port = int(raw_port) if raw_port.isdigit() else 5432
+        if addr:
+            checked = _pg_check_host(addr, port)
+        elif not host or host.startswith(("/", "@")):
+            pinned_hosts.append(host)
+            pinned_addrs.append("")
+            continue
+        else:
+            checked = _pg_check_host(host, port)
+        pinned_hosts.append(host)
+        pinned_addrs.append(checked.address)
+    if any(pinned_addrs):
+        info["host"] = ",".join(pinned_hosts)
+        info["hostaddr"] = ",".join(pinned_addrs)
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def _pg_check_host(host: str, port: int) -> Target:
+    try:
+        return check_target_host(host, port, what="explain_query")
+    except ToolError as exc:
+        if exc.code != "target_refused":
+            raise
+        raise ToolError("target_refused",
+                        f"PostgreSQL host {host} is not loopback and not in the allowed hosts",
+                        exc.hint) from None
 
 
 def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1173,7 +1239,7 @@ def _pg_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryResul
                         "pip install 'psycopg[binary]'") from None
     import json
 
-    _pg_check_hosts(inp.database)
+    dsn = _pg_pinned_dsn(inp.database)  # the server checked, and connected to as checked
     toks = read_only_statement(inp.sql, "postgresql")
     sql = inp.sql[toks[0].start:toks[-1].end]
     notes: list[str] = []
@@ -1190,7 +1256,7 @@ def _pg_run(inp: QueryInput, report: Callable[[float, str], None]) -> QueryResul
     timeout_ms = str(int(inp.timeout * 1000))
 
     try:
-        conn = psycopg.connect(inp.database, connect_timeout=10, autocommit=False)
+        conn = psycopg.connect(dsn, connect_timeout=10, autocommit=False)
     except psycopg.Error as exc:
         raise ToolError("database_unreachable", f"cannot connect to PostgreSQL: {exc}",
                         "check the DSN, that the server runs, and the credentials") from None

@@ -31,6 +31,7 @@ from tools.base import (
     ToolError,
     ToolResult,
     ToolSpec,
+    on_public_server,
     within_budget,
 )
 
@@ -369,7 +370,10 @@ def _describe(psutil: Any, cpu: float, ctx: float | None, proc: Any) -> ProcessS
             info.rss = memory.rss if memory is not None else None
             percent = _safe(psutil, proc.memory_percent)
             info.memory_percent = round(percent, 2) if percent is not None else None
-            cmdline = _safe(psutil, proc.cmdline) or []
+            # A public server's users may see that a process runs, never its
+            # arguments (they carry paths, hosts and sometimes secrets).
+            mine = proc.pid == os.getpid() or not on_public_server()
+            cmdline = (_safe(psutil, proc.cmdline) or []) if mine else []
             text = " ".join(cmdline) or info.name
             info.cmdline = text if len(text) <= CMDLINE_HEAD else text[:CMDLINE_HEAD - 3] + "..."
             return info

@@ -1,0 +1,91 @@
+"""Child processes and scratch folders die with perfagent, ``kill -9`` included.
+
+A profiled script, a Locust master and its workers, or a browser left running
+after perfagent is gone keeps burning the machine (and, for a load test, keeps
+sending load); a scratch folder left behind keeps copies of the user's data.
+When perfagent is killed outright nothing in it runs, so its reaper does the
+cleanup: these tests kill perfagent with SIGKILL mid-measurement and look.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+SLOW_SCRIPT = """\
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+"""
+
+
+def _wait_for(condition: Callable[[], object], seconds: float, what: str) -> object:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _measure(workspace: Path, tool: str, args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PERFAGENT_WORKSPACE": str(workspace)}
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "measure", tool, "--args", args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_profiled_script_and_its_folder_die_with_perfagent(workspace: Path) -> None:
+    script = workspace / "slow.py"
+    script.write_text(SLOW_SCRIPT)
+    marker = workspace / "pid.txt"
+    perfagent = _measure(workspace, "profile_python",
+                         f'{{"script": "{script}", "args": ["{marker}"], "timeout": 100}}')
+    try:
+        pid = int(_wait_for(lambda: marker.exists() and marker.read_text(), 30,
+                            "the script to start"))
+        # The runner lives in the tool's scratch folder: that folder must go too.
+        runner = Path(next(a for a in psutil.Process(pid).cmdline() if a.endswith(".py")))
+        folder = runner.parent
+        assert folder.name.startswith("perfagent-profile-") and folder.is_dir()
+        perfagent.send_signal(signal.SIGKILL)
+        perfagent.wait(timeout=10)
+        _wait_for(lambda: _gone(pid), 10, f"the profiled script (pid {pid}) to be killed")
+        _wait_for(lambda: not folder.exists(), 10, f"{folder} to be removed")
+    finally:
+        if perfagent.poll() is None:
+            perfagent.kill()
+
+
+def test_the_reaper_leaves_alone_what_finished_normally(workspace: Path) -> None:
+    """Cleanup is the tool's own when it ends well; the reaper then has nothing to do and
+    exits with perfagent."""
+    script = workspace / "quick.py"
+    script.write_text("print('done')\n")
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, sys\n"
+         "from tools.process import REAPER\n"
+         "from tools.profiling import ProfileInput, run\n"
+         f"r = asyncio.run(run(ProfileInput(script={str(script)!r})))\n"
+         "print(REAPER.pid)\n"],
+        env={**os.environ, "PERFAGENT_WORKSPACE": str(workspace)},
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    reaper = int(done.stdout.split()[-1])
+    _wait_for(lambda: _gone(reaper), 10, "the reaper to exit with its perfagent")
