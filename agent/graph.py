@@ -37,7 +37,7 @@ from agent.persona import Persona, get_persona
 from agent.results import CheckResult
 from agent.state import RESET, AgentState
 from agent.targets import named_targets
-from agent.toolbox import DelegateRunner, execute, tool_schemas
+from agent.toolbox import DelegateRunner, execute, serving_rules, tool_schemas
 from prompts import render
 from tools import tool_names
 
@@ -274,7 +274,7 @@ async def tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, An
 
         outcome = await execute(call["name"], dict(call["args"]), allowed=ctx.allowed_tools,
                                 delegate=ctx.delegate, search=knowledge.search,
-                                progress=progress, public_server=ctx.settings.public_server)
+                                progress=progress, rules=serving_rules(ctx.settings))
         emit({"type": "tool_result", "data": {**outcome.record, "id": call["id"],
                                               "depth": ctx.depth}})
         return call, outcome

@@ -16,10 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from agent.context import Settings
 from agent.models.base import ToolSchema
 from agent.persona import Persona
 from tools import ToolError, get_tool, tool_names
-from tools.base import serving_public
+from tools.base import LOCAL, ServingRules, serving
 
 #: Runs a delegation: (target persona, task) -> (answer, extra record fields).
 DelegateRunner = Callable[[str, str], Awaitable[dict[str, Any]]]
@@ -45,6 +46,12 @@ class ToolOutcome:
     findings: list[dict[str, Any]] = field(default_factory=list)
     delegation: dict[str, Any] | None = None
     ok: bool = True
+
+
+def serving_rules(settings: Settings) -> ServingRules:
+    """The rules tool calls run under with these settings: a public server's narrower
+    network reach, and the workspace closed wherever code-running tools are off."""
+    return ServingRules(public=settings.public_server, workspace=settings.allow_code_tools)
 
 
 def tool_schemas(persona: Persona, *, allow_code_tools: bool, can_delegate: bool) -> list[ToolSchema]:
@@ -99,13 +106,13 @@ async def execute(
     delegate: DelegateRunner | None = None,
     search: Callable[[str, int], list[dict[str, Any]]] | None = None,
     progress: Callable[[float, str], None] | None = None,
-    public_server: bool = False,
+    rules: ServingRules = LOCAL,
 ) -> ToolOutcome:
     """Run one tool call; every failure comes back as a structured error, never a raise.
 
     ``delegate`` and ``search`` back the agent-only tools; a caller that runs
-    measurement tools alone (the MCP server) leaves them out. ``public_server``
-    runs the tool under the rules of a server bound to a public address."""
+    measurement tools alone (the MCP server) leaves them out. ``rules`` says
+    what a server lets the call reach (see :func:`serving_rules`)."""
     started = time.perf_counter()
     if name not in allowed or (name == "delegate" and delegate is None) or (
             name == "knowledge_search" and search is None):
@@ -131,7 +138,7 @@ async def execute(
             )
         spec = get_tool(name)
         inp = spec.input_model.model_validate(args)
-        with serving_public(public_server):
+        with serving(rules):
             result = await spec.run(inp, progress)
     except ValidationError as exc:
         problems = "; ".join(

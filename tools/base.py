@@ -159,6 +159,12 @@ def resolve_in_workspace(path: str | os.PathLike[str], *, must_exist: bool = Tru
     Relative paths are taken from the first root. Raises ToolError
     (``path_outside_workspace`` or ``not_found``) otherwise.
     """
+    if not _RULES.get().workspace:
+        raise ToolError(
+            "workspace_closed",
+            f"this server does not let requests read or write files ({path})",
+            "ask the operator, who can set PERFAGENT_ALLOW_CODE_TOOLS=true on the server; "
+            "network targets (URLs, PostgreSQL DSNs, Redis) still work")
     roots = workspace_roots()
     candidate = Path(path).expanduser()
     if not candidate.is_absolute():
@@ -185,26 +191,40 @@ def allowed_hosts() -> set[str]:
     return {h.strip().lower() for h in raw.split(",") if h.strip()}
 
 
-#: Whether the tools run for a server bound to a public address. There, the
-#: services listening on the host's own loopback (admin consoles, databases) are
-#: not the public's to reach unless listed, and other users' processes are not
-#: theirs to read.
-_PUBLIC_SERVER: ContextVar[bool] = ContextVar("perfagent_public_server", default=False)
+@dataclass(frozen=True)
+class ServingRules:
+    """What the current tool call may reach beyond its own arguments' checks.
+
+    ``public``: the call serves a server bound to a public address. There, the
+    services listening on the host's own loopback (admin consoles, databases)
+    are not the public's to reach unless listed, and other users' processes are
+    not theirs to read. ``workspace``: the call may read and write files in the
+    workspace; a server that keeps code-running tools off keeps it closed too,
+    since reading a SQLite file or a trace file is reading the server's files.
+    """
+
+    public: bool = False
+    workspace: bool = True
+
+
+#: The rules of a local run: loopback reachable, the workspace open.
+LOCAL = ServingRules()
+_RULES: ContextVar[ServingRules] = ContextVar("perfagent_serving_rules", default=LOCAL)
 
 
 @contextlib.contextmanager
-def serving_public(public: bool) -> Iterator[None]:
-    """Run the tools called within this block under the public-server rules (or not)."""
-    token = _PUBLIC_SERVER.set(public)
+def serving(rules: ServingRules) -> Iterator[None]:
+    """Run the tools called within this block under ``rules``."""
+    token = _RULES.set(rules)
     try:
         yield
     finally:
-        _PUBLIC_SERVER.reset(token)
+        _RULES.reset(token)
 
 
 def on_public_server() -> bool:
     """Whether the current tool call serves a server bound to a public address."""
-    return _PUBLIC_SERVER.get()
+    return _RULES.get().public
 
 
 @dataclass(frozen=True)

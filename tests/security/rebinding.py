@@ -14,12 +14,17 @@ from typing import Any
 
 import pytest
 
-#: TEST-NET-1 (RFC 5737): never routed, so a connection there fails or times out.
-UNREACHABLE = "192.0.2.1"
+#: A loopback address nothing listens on: a client that resolves again and connects
+#: there is refused at once, and the test never sends a packet off this machine.
+ELSEWHERE = "127.0.0.2"
+#: Not a loopback address, so every target check refuses it; yet Linux delivers a
+#: connection to it locally, so a check that fails to refuse it still sends nothing
+#: off this machine.
+NOT_LOOPBACK = "0.0.0.0"
 
 
 def rebinding(monkeypatch: pytest.MonkeyPatch, name: str, first: str = "127.0.0.1",
-              later: str = UNREACHABLE) -> list[str]:
+              later: str = ELSEWHERE) -> list[str]:
     """Patch the resolver; returns the list of answers given (one per lookup of ``name``)."""
     real = socket.getaddrinfo
     answers: list[str] = []

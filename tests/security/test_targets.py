@@ -21,12 +21,15 @@ from pathlib import Path
 import pytest
 
 from agent.toolbox import execute
-from tests.security.rebinding import UNREACHABLE, rebinding
-from tools.base import ToolError, check_target_url, serving_public
+from tests.security.rebinding import NOT_LOOPBACK, rebinding
+from tools.base import ServingRules, ToolError, check_target_url, serving
 from tools.caching import CacheStatsInput
 from tools.caching import run_stats as cache_stats
 from tools.queries import QueryInput
 from tools.queries import run as explain_query
+
+#: A public server's rules, code-running tools (and with them the workspace) off.
+PUBLIC = ServingRules(public=True, workspace=False)
 
 
 def _pg_port(dsn: str) -> int:
@@ -47,11 +50,11 @@ def _pg_port(dsn: str) -> int:
     "postgresql://postgres@127.0.0.1:{unused},{bad}:{port}/postgres",
 ])
 def test_every_address_libpq_would_use_is_checked(dsn: str, pg_dsn: str, unused_port: int) -> None:
-    dsn = dsn.format(bad=UNREACHABLE, port=_pg_port(pg_dsn), unused=unused_port)
+    dsn = dsn.format(bad=NOT_LOOPBACK, port=_pg_port(pg_dsn), unused=unused_port)
     with pytest.raises(ToolError) as err:
         asyncio.run(explain_query(QueryInput(database=dsn, sql="SELECT 1")))
     assert err.value.code == "target_refused"
-    assert UNREACHABLE in err.value.message
+    assert NOT_LOOPBACK in err.value.message
 
 
 def test_a_service_entry_is_refused(pg_dsn: str) -> None:
@@ -102,7 +105,7 @@ def test_a_malformed_url_is_a_structured_error(url: str) -> None:
 def test_a_public_server_reaches_only_listed_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERFAGENT_ALLOWED_HOSTS", raising=False)
     assert check_target_url("http://127.0.0.1:8080/").address == "127.0.0.1"  # loopback server
-    with serving_public(True):
+    with serving(PUBLIC):
         for url in ("http://127.0.0.1:8080/", "http://localhost:8080/", "http://[::1]:8080/",
                     "http://169.254.169.254/latest/meta-data/", "http://0.0.0.0:8080/"):
             with pytest.raises(ToolError) as err:
@@ -125,7 +128,7 @@ def test_a_public_server_turn_refuses_loopback_load_tests(
     monkeypatch.delenv("PERFAGENT_ALLOWED_HOSTS", raising=False)
     url = http_target("fast")
     args = {"url": url, "rate": 5, "duration": 0.2}
-    public = asyncio.run(execute("load_test", args, allowed={"load_test"}, public_server=True))
+    public = asyncio.run(execute("load_test", args, allowed={"load_test"}, rules=PUBLIC))
     assert not public.ok
     assert json.loads(public.content)["error"]["code"] == "target_refused"
     local = asyncio.run(execute("load_test", args, allowed={"load_test"}))
@@ -139,7 +142,7 @@ def test_a_public_server_hides_other_processes_command_lines(tmp_path: Path) -> 
         args = {"interval": 0.5, "top": 50}
         shown = asyncio.run(execute("system_snapshot", args, allowed={"system_snapshot"}))
         hidden = asyncio.run(execute("system_snapshot", args, allowed={"system_snapshot"},
-                                     public_server=True))
+                                     rules=PUBLIC))
     finally:
         other.kill()
         other.wait()
@@ -184,3 +187,25 @@ def test_explain_reads_a_wal_database_a_writer_holds_open(workspace: Path) -> No
         assert result.rows_returned == 50
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(("tool", "args"), [
+    ("explain_query", {"database": "shop.db", "sql": "SELECT 1"}),
+    ("analyze_traces", {"path": "trace.json"}),
+    ("simulate_cache", {"access_log": "access.log"}),
+    ("check_budgets", {"measurements": "results.json", "budgets": {"p95_latency": "<200"}}),
+    ("load_test", {"url": "http://127.0.0.1:9/", "rate": 10, "duration": 0.5,
+                   "plot_path": "index.html"}),
+])
+def test_a_server_without_code_tools_keeps_the_workspace_closed(
+        tool: str, args: dict[str, object], workspace: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a SQLite file or a trace is reading the server's files: a server that
+    keeps code-running tools off keeps these closed too (and writes no plot)."""
+    monkeypatch.setenv("PERFAGENT_ALLOWED_HOSTS", "127.0.0.1:9")
+    for name in ("shop.db", "trace.json", "access.log", "results.json"):
+        (workspace / name).write_text("x")
+    for rules in (PUBLIC, ServingRules(public=False, workspace=False)):
+        outcome = asyncio.run(execute(tool, args, allowed={tool}, rules=rules))
+        assert json.loads(outcome.content)["error"]["code"] == "workspace_closed"
+    assert not (workspace / "index.html").exists()
