@@ -18,7 +18,13 @@ sampling). The generator watches itself: if it cannot send on schedule
 ``generator_saturated`` so nobody trusts numbers the generator distorted.
 
 Safety: the URL must be loopback or in ``PERFAGENT_ALLOWED_HOSTS``; this is
-checked before any connection is opened.
+checked before any connection is opened, and the name is resolved only then:
+every connection (the probe's, the generator's, Locust's workers') goes to the
+addresses that were checked, so a name that answers differently the second
+time (DNS rebinding) cannot move the load elsewhere. Redirects are never
+followed (they are counted and reported instead). The Locust engine runs one
+fixed Locust file that reads the scenario as JSON data: no text of the
+scenario ever becomes source code.
 
 Plot: with ``plot_path`` the run also writes a self-contained picture of its
 latencies (inline SVG, no script, nothing fetched): a histogram over
@@ -34,14 +40,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
+import json
 import math
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,17 +60,18 @@ from tools.base import (
     Finding,
     Measurement,
     ProgressCallback,
+    Target,
     ToolError,
     ToolResult,
     ToolSpec,
     check_target_url,
     resolve_in_workspace,
+    split_url,
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import aiohttp  # imported when a test runs; annotations only here
+    from aiohttp.abc import AbstractResolver
 
 #: Longest test one call may run; longer soaks belong to a dedicated tool run.
 MAX_DURATION_S = 300.0
@@ -74,6 +86,14 @@ DEFAULT_RATE = 20.0
 PROGRESS_EVERY_S = 0.5
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+#: HTTP methods are tokens (RFC 9110); every real one is letters only.
+_METHOD = re.compile(r"[A-Z]+")
+#: RFC 9110 token: what a header name may be.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Control characters other than tab: never in a header value.
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Whitespace or control characters: never in a URL (urlsplit drops some silently).
+_URL_BAD = re.compile(r"[\x00-\x20\x7f]")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -187,7 +207,8 @@ class LoadTestInput(BaseModel):
     )
     emit_locustfile: bool = Field(
         default=False,
-        description="also return an equivalent Locust file, for loads beyond one machine",
+        description="also return the Locust file (locustfile) and the scenario it reads "
+        "(locust_scenario, JSON), to run the same load by hand beyond one machine",
     )
     plot_path: str | None = Field(
         default=None,
@@ -204,10 +225,24 @@ class LoadTestInput(BaseModel):
     @field_validator("method")
     @classmethod
     def _method(cls, value: str) -> str:
+        # Letters only: a subset of the HTTP token grammar that holds every real
+        # method, so nothing else can ride along into the request line.
         method = value.strip().upper()
-        if not re.fullmatch(r"[A-Z]+", method):
-            raise ValueError(f"{value!r} is not an HTTP method")
+        if not _METHOD.fullmatch(method):
+            raise ValueError(f"{value!r} is not an HTTP method (letters only, e.g. GET)")
         return method
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        # A line break (or another control character) in a header would end it
+        # and start a header, or a whole request, of the caller's choosing.
+        for name, text in value.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token")
+            if _HEADER_VALUE_BAD.search(text):
+                raise ValueError(f"header {name!r} holds a line break or control character")
+        return value
 
     @model_validator(mode="after")
     def _one_model(self) -> LoadTestInput:
@@ -328,6 +363,9 @@ class LoadTestResult(ToolResult):
     elapsed_s: float = Field(description="from the first intended send to the last answer")
     requests: int = Field(description="requests sent (the probe request not included)")
     errors: int = Field(description="non-2xx/3xx answers plus requests that failed outright")
+    redirects: int = Field(
+        default=0, description="3xx answers: counted as answered, never followed (a redirect "
+        "is timed, not the page it points to)")
     error_rate: float = Field(description="errors / requests, in %")
     throughput: float = Field(description="answered requests per second")
     status_counts: dict[str, int] = Field(default_factory=dict)
@@ -354,7 +392,12 @@ class LoadTestResult(ToolResult):
     workers: int | None = Field(default=None, description="engine locust: worker processes")
     worker_requests: dict[str, int] = Field(
         default_factory=dict, description="engine locust: requests each worker reported")
-    locustfile: str | None = None
+    locustfile: str | None = Field(
+        default=None, description="emit_locustfile: the Locust file (always the same text; it "
+        "reads the scenario from scenario.json beside it)")
+    locust_scenario: str | None = Field(
+        default=None, description="emit_locustfile: the scenario as JSON, to save as "
+        "scenario.json beside the Locust file")
     plot_path: str | None = Field(default=None, description="where the latency plot was written")
 
 
@@ -479,14 +522,74 @@ class _Tally:
 # --------------------------------------------------------------------------- engine
 
 
-async def _probe(inp: LoadTestInput) -> None:
+def _host_key(host: str) -> str:
+    """A host name as both urlsplit and aiohttp (yarl) spell it: lower case, ASCII (IDNA)."""
+    host = host.strip("[]").lower()
+    try:
+        return host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return host
+
+
+@functools.cache
+def _pinned_resolver_class() -> type[AbstractResolver]:
+    """aiohttp's resolver interface, answered from a checked :class:`Target` alone.
+
+    Built on first use: aiohttp is imported only when a test runs.
+    """
+    from aiohttp.abc import AbstractResolver, ResolveResult
+
+    class PinnedResolver(AbstractResolver):
+        """Resolves the checked host to its checked addresses and refuses every other name.
+
+        aiohttp would otherwise look the name up again when it connects (and
+        again when its DNS cache expires): a name that answers differently the
+        second time (DNS rebinding) would send the load where no check looked.
+        """
+
+        def __init__(self, target: Target) -> None:
+            self.host = _host_key(target.host)
+            self.addresses = target.addresses
+
+        async def resolve(self, host: str, port: int = 0,
+                          family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+            if _host_key(host) != self.host:
+                # Only a redirect could name another host, and none is followed.
+                raise socket.gaierror(socket.EAI_NONAME,
+                                      f"{host} is not the checked target {self.host}")
+            found: list[ResolveResult] = []
+            for address in self.addresses:
+                fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+                if family in (socket.AF_UNSPEC, fam):
+                    found.append(ResolveResult(
+                        hostname=host, host=address, port=port, family=fam, proto=0,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+            if not found:
+                raise socket.gaierror(socket.EAI_FAMILY,
+                                      f"{host} has no checked address of that family")
+            return found
+
+        async def close(self) -> None:
+            return None
+
+    return PinnedResolver
+
+
+def _connector(target: Target, **kwargs: Any) -> aiohttp.TCPConnector:
+    """A connector that connects to the target's checked addresses only."""
+    import aiohttp
+
+    return aiohttp.TCPConnector(resolver=_pinned_resolver_class()(target), **kwargs)
+
+
+async def _probe(inp: LoadTestInput, target: Target) -> None:
     """One request before the load: an unreachable target fails fast and clearly."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=inp.timeout)
     try:
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(connector=_connector(target), timeout=timeout) as session,
             # Redirects are not followed: a 3xx must not carry load to a host that
             # was never checked against the allowed list.
             session.request(inp.method, inp.url, headers=inp.headers,
@@ -526,10 +629,12 @@ class _Generator:
     and keeps the caller responsive during a long test.
     """
 
-    def __init__(self, inp: LoadTestInput, segments: list[tuple[float, float, float]],
+    def __init__(self, inp: LoadTestInput, target: Target,
+                 segments: list[tuple[float, float, float]],
                  duration: float, report: Callable[[float, str], None] | None,
                  stop: threading.Event) -> None:
         self.inp = inp
+        self.target = target
         self.segments = segments
         self.duration = duration
         self.report = report
@@ -550,8 +655,8 @@ class _Generator:
         limit = self.inp.max_in_flight if self.open_model else (self.inp.vus or 1) + 1
         if not self.open_model and self.inp.stages:
             limit = int(max(s[2] for s in self.segments)) + 1
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit,
-                                         ttl_dns_cache=300, enable_cleanup_closed=False)
+        connector = _connector(self.target, limit=limit, limit_per_host=limit,
+                               enable_cleanup_closed=False)
         timeout = aiohttp.ClientTimeout(total=self.inp.timeout)
         headers = {"User-Agent": "perfagent-load-test", **self.inp.headers}
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
@@ -726,10 +831,37 @@ def _compare(value: float, op: str, limit: float) -> bool:
             ">=": value >= limit, "==": value == limit}[op]
 
 
+def check_url(url: str) -> Target:
+    """The checked target of ``url``; ToolError ``invalid_url`` or ``target_refused`` otherwise.
+
+    Besides the target policy (:func:`tools.base.check_target_url`), the URL
+    must be one every client reads the same way: urlsplit drops tabs and line
+    breaks silently and aiohttp's yarl refuses what urlsplit accepts (a
+    backslash in the host part), so such a URL is refused here, as data,
+    rather than failing later as a traceback or meaning two different things.
+    """
+    bad = ToolError("invalid_url", f"{url!r} is not a valid http(s) URL",
+                    "give a full URL such as http://127.0.0.1:8000/items, without spaces or "
+                    "control characters (percent-encode them)")
+    if _URL_BAD.search(url):
+        raise bad
+    split_url(url)  # invalid_url for a malformed host or port, before any lookup
+    import yarl  # aiohttp's URL type, what the requests really go to
+
+    try:
+        parsed = yarl.URL(url)
+    except (ValueError, TypeError):
+        raise bad from None
+    if not parsed.absolute or not parsed.host:
+        raise bad
+    return check_target_url(url)
+
+
 async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> LoadTestResult:
     """Send the load, time every request, and report exact percentiles and findings."""
-    # Safety and input checks come before any traffic, the probe included.
-    check_target_url(inp.url)
+    # Safety and input checks come before any traffic, the probe included. The
+    # name is resolved here, once: every connection goes to these addresses.
+    target = check_url(inp.url)
     thresholds = [parse_threshold(t) for t in inp.thresholds]
 
     notes: list[str] = []
@@ -747,13 +879,17 @@ async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> L
                         "give stages with a target of at least 1")
     plot_file = _plot_target(inp.plot_path) if inp.plot_path is not None else None
 
-    await _probe(inp)
+    await _probe(inp, target)
 
     if inp.engine == "locust":
-        tally, result = await _run_locust(inp, thresholds, segments, planned, notes, progress)
+        tally, result = await _run_locust(inp, target, thresholds, segments, planned, notes,
+                                          progress)
     else:
-        tally = await _run_builtin(inp, segments, planned, progress)
+        tally = await _run_builtin(inp, target, segments, planned, progress)
         result = _build_result(inp, tally, thresholds, segments, planned, notes)
+        if inp.emit_locustfile:
+            result.locustfile = locustfile()
+            result.locust_scenario = scenario_json(locust_scenario(inp, 1, segments, target))
     if plot_file is not None:
         try:
             # off the caller's loop: a long run has millions of latencies to bin
@@ -768,7 +904,8 @@ async def run(inp: LoadTestInput, progress: ProgressCallback | None = None) -> L
     return result
 
 
-async def _run_builtin(inp: LoadTestInput, segments: list[tuple[float, float, float]],
+async def _run_builtin(inp: LoadTestInput, target: Target,
+                       segments: list[tuple[float, float, float]],
                        planned: float, progress: ProgressCallback | None) -> _Tally:
     """The built-in engine: this process, its own event loop on a worker thread."""
     report: Callable[[float, str], None] | None = None
@@ -782,7 +919,7 @@ async def _run_builtin(inp: LoadTestInput, segments: list[tuple[float, float, fl
             caller_loop.call_soon_threadsafe(callback, fraction, text)
 
     stop = threading.Event()
-    generator = _Generator(inp, segments, planned, report, stop)
+    generator = _Generator(inp, target, segments, planned, report, stop)
     try:
         return await asyncio.to_thread(generator.run)
     except asyncio.CancelledError:
@@ -793,14 +930,14 @@ async def _run_builtin(inp: LoadTestInput, segments: list[tuple[float, float, fl
                         f"{exc}", "check the method, headers and body") from exc
 
 
-async def _run_locust(inp: LoadTestInput, thresholds: list[Threshold],
+async def _run_locust(inp: LoadTestInput, target: Target, thresholds: list[Threshold],
                       segments: list[tuple[float, float, float]], planned: float,
                       notes: list[str], progress: ProgressCallback | None,
                       ) -> tuple[_Tally, LoadTestResult]:
     """The Locust engine: the same tally, so the same statistics and threshold verdicts."""
     from tools.locust_engine import lag_stats, locust_notes, run_locust
 
-    ran = await run_locust(inp, segments, planned, progress)
+    ran = await run_locust(inp, target, segments, planned, progress)
     planned_requests = (sum((r0 + r1) / 2 * d for d, r0, r1 in segments)
                         if inp.vus is None else None)
     result = _build_result(inp, ran.tally, thresholds, segments, planned,
@@ -813,7 +950,8 @@ async def _run_locust(inp: LoadTestInput, thresholds: list[Threshold],
         result.scheduling_lag_p99_ms = round(lag_p99, 3)
         result.late_fraction = round(late_pct, 3)
     if inp.emit_locustfile:
-        result.locustfile = ran.locustfile  # the file that really ran
+        # the file and the scenario that really ran
+        result.locustfile, result.locust_scenario = ran.locustfile, ran.scenario
     if ran.cpu_warning:
         result.generator_saturated = True
         result.findings.append(Finding(
@@ -884,6 +1022,11 @@ def _build_result(inp: LoadTestInput, tally: _Tally, thresholds: list[Threshold]
         add("mean_latency", stats.mean, "ms")
     add("throughput", throughput, "req/s")
     add("error_rate", 100.0 * error_fraction, "%")
+    # A 3xx is an answer, not an error, but it is not the page either: a fast
+    # redirect would make the latencies look good for a page nobody loaded.
+    redirects = sum(n for status, n in tally.statuses.items() if 300 <= status < 400)
+    if redirects:
+        add("redirects", redirects, "count")
 
     threshold_results: list[ThresholdResult] = []
     findings: list[Finding] = []
@@ -924,6 +1067,13 @@ def _build_result(inp: LoadTestInput, tally: _Tally, thresholds: list[Threshold]
             kind="errors", severity="high" if error_fraction > 0.05 else "medium",
             summary=f"{100 * error_fraction:.1f}% of {requests} requests failed",
             location=target, evidence=", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))))
+    if redirects:
+        kinds = {str(k): v for k, v in sorted(tally.statuses.items()) if 300 <= k < 400}
+        findings.append(Finding(
+            kind="redirects_not_followed", severity="medium",
+            summary=f"{redirects} of {tally.answered} answers were redirects (3xx), not "
+                    "followed: their latencies time the redirect, not the page it points to",
+            location=target, evidence=", ".join(f"{k}: {v}" for k, v in kinds.items())))
     if saturated:
         why = []
         if late_pct is not None and late_pct > LATE_FRACTION_LIMIT * 100 and lag_matters:
@@ -951,6 +1101,9 @@ def _build_result(inp: LoadTestInput, tally: _Tally, thresholds: list[Threshold]
     else:
         line1 = "no request completed"
     lines = [line1]
+    if redirects:
+        lines.append(f"{redirects} of {tally.answered} answers were redirects (3xx), not "
+                     "followed; load-test the URL they point to")
     if thresholds:
         failed = [t.expression for t in threshold_results if not t.passed]
         lines.append(f"thresholds: {len(thresholds) - len(failed)}/{len(thresholds)} passed"
@@ -986,7 +1139,7 @@ def _build_result(inp: LoadTestInput, tally: _Tally, thresholds: list[Threshold]
         late_fraction=None if late_pct is None else round(late_pct, 3),
         in_flight_cap_hit=tally.cap_hits > 0,
         notes=notes,
-        locustfile=locustfile(inp) if inp.emit_locustfile else None,
+        redirects=redirects,
     )
 
 
@@ -1334,187 +1487,70 @@ def locust_plan(inp: LoadTestInput, workers: int = 1,
     return [(d, r0 / pace, r1 / pace) for d, r0, r1 in segments], pace
 
 
-def locustfile(inp: LoadTestInput, workers: int = 1,
-               segments: list[tuple[float, float, float]] | None = None) -> str:
-    """An equivalent Locust file, for spreading the same load over several processes or machines.
+#: The one Locust file: fixed text, shipped with perfagent, reading its scenario as data.
+LOCUSTFILE = Path(__file__).with_name("locust_runner") / "locustfile.py"
+
+
+def locustfile() -> str:
+    """The Locust file that runs a load_test scenario (always the same text).
+
+    The scenario is never written into it: the file reads it from JSON (see
+    :func:`locust_scenario`) when Locust starts, so no text of a URL, header
+    or body can ever become code in a Locust process. Its docstring says how
+    to run it by hand, on one machine or several.
+    """
+    return LOCUSTFILE.read_text(encoding="utf-8")
+
+
+def locust_scenario(inp: LoadTestInput, workers: int = 1,
+                    segments: list[tuple[float, float, float]] | None = None,
+                    target: Target | None = None) -> dict[str, Any]:
+    """The scenario :func:`locustfile` reads: the same load, as plain data.
 
     Locust is closed-loop at heart: the open model becomes users that each send
     on their own schedule at a low pace (see :func:`locust_plan`), catching up
-    after a slow answer; each request carries its intended send time, so the
-    lag behind schedule is known. A
-    ``Plan`` shape moves the number of users along the same linear ramps, then
-    stops them and waits (up to the request timeout) for answers still in
-    flight. With ``--perfagent-record FILE`` on the master, the workers send
-    every response time there, so percentiles can be computed exactly (the
-    ``locust`` engine uses this); without it, the thresholds are checked from
-    Locust's own bucketed statistics at the end and set the exit code.
+    after a slow answer. The ``plan`` moves the number of users along the same
+    linear ramps, then the users stop and the run waits up to ``drain_s`` for
+    answers still in flight. ``pin`` (from a checked ``target``) holds the
+    addresses the host was checked at, so the workers never resolve it again.
     """
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(inp.url)
-    host = f"{parts.scheme}://{parts.netloc}"
+    parts = _urlsplit_checked(inp.url)
     path = parts.path or "/"
     if parts.query:
         path += f"?{parts.query}"
     plan, pace = locust_plan(inp, workers, segments)
     peak_users = max(max(u0, u1) for _, u0, u1 in plan)
-    # Users start and stop in one step (Locust dispatches up to spawn_rate users
-    # per second): a slower ramp-down would keep sending after the plan ends.
-    spawn_rate = max(math.ceil(peak_users), 1)
-    drain = inp.timeout + 2.0
-    rounded = [(round(d, 3), round(u0, 3), round(u1, 3)) for d, u0, u1 in plan]
-    lines = [
-        '"""Generated by perfagent load_test: the same load, for Locust.',
-        "",
-        f"One machine:  locust -f locustfile.py --headless --host {host}",
-        f"Distributed:  locust -f locustfile.py --headless --host {host} --master --expect-workers N",
-        "              locust -f locustfile.py --worker --master-host MASTER  (on each worker)",
-        f"The Plan shape sets the users and the run time ({sum(d for d, _, _ in plan):g} s, then "
-        f"up to {drain:g} s for",
-        "answers in flight): -u, -r and -t are not needed.",
-        '"""',
-        "",
-        "import json",
-        "import random",
-        "import re",
-        "import time",
-        "",
-        "import gevent",
-        "from locust import LoadTestShape, events, task",
-        "from locust.contrib.fasthttp import FastHttpUser",
-        "from locust.runners import MasterRunner, WorkerRunner",
-        "",
-        f"HEADERS = {dict(inp.headers)!r}",
-        f"BODY = {inp.body!r}",
-        f"THRESHOLDS = {list(inp.thresholds)!r}",
-        "#: (seconds, users at start, users at end): each a linear ramp",
-        f"PLAN = {rounded!r}",
-        f"SPAWN_RATE = {spawn_rate!r}",
-        f"DRAIN_S = {drain!r}",
-        "#: open model: requests per second each user sends on its own schedule (None: closed",
-        "#: model, the next request as soon as the answer is in)",
-        f"PACE = {pace!r}",
-        "",
-        "",
-        "class Target(FastHttpUser):",
-        f"    host = {host!r}",
-        f"    network_timeout = {inp.timeout!r}",
-        f"    connection_timeout = {inp.timeout!r}",
-        "",
-        "    intended = None  # when this user's schedule wants its current request sent",
-        "",
-        "    def on_start(self) -> None:",
-        "        if PACE:",
-        "            # A random phase within the pacing period: users that start together",
-        "            # would otherwise send in bursts.",
-        "            self.intended = time.time() + random.random() / PACE",
-        "            gevent.sleep(self.intended - time.time())",
-        "",
-        "    def wait_time(self) -> float:",
-        "        if not PACE:",
-        "            return 0.0",
-        "        # The next slot on this user's schedule; after a slow answer, at once (it",
-        "        # catches up). A user never sends while it waits for an answer, though.",
-        "        self.intended += 1 / PACE",
-        "        return max(self.intended - time.time(), 0.0)",
-        "",
-        "    @task",
-        "    def hit(self) -> None:",
-        "        # Redirects are not followed: they must not take the load to another host.",
-        f"        self.client.request({inp.method!r}, {path!r}, headers=HEADERS, data=BODY,",
-        "                            allow_redirects=False, context={'intended': self.intended})",
-        "",
-        "",
-        "class Plan(LoadTestShape):",
-        '    """Users along PLAN, then none until the answers in flight are in."""',
-        "",
-        "    def tick(self):",
-        "        t = self.get_run_time()",
-        "        for seconds, start, end in PLAN:",
-        "            if t < seconds:",
-        "                return round(start + (end - start) * t / seconds), SPAWN_RATE",
-        "            t -= seconds",
-        "        if t < DRAIN_S and self.get_current_user_count() > 0:",
-        "            return 0, SPAWN_RATE",
-        "        return None",
-        "",
-        "",
-        "@events.init_command_line_parser.add_listener",
-        "def _options(parser, **_kwargs):",
-        "    parser.add_argument('--perfagent-record', default='',",
-        "                        help='master: append every response the workers report to "
-        "this file')",
-        "",
-        "",
-        "@events.init.add_listener",
-        "def _record(environment, **_kwargs):",
-        "    # A stopped user finishes the request it is in, so that answer counts too.",
-        "    environment.stop_timeout = environment.stop_timeout or DRAIN_S",
-        "    runner = environment.runner",
-        "    if isinstance(runner, WorkerRunner):",
-        "        pending = []",
-        "",
-        "        def keep(start_time, response_time, response_length, response, exception,",
-        "                 context, **_kw):",
-        "            status = getattr(response, 'status_code', 0) or 0",
-        "            kind = None if exception is None else type(exception).__name__",
-        "            intended = (context or {}).get('intended')",
-        "            lag = None if intended is None else start_time - intended",
-        "            pending.append((start_time, response_time, status, response_length or 0, kind,",
-        "                            lag))",
-        "",
-        "        def ship(data, **_kw):",
-        "            # rides on the stats report each worker sends every few seconds and at the end",
-        "            data['perfagent'] = pending[:]",
-        "            pending.clear()",
-        "",
-        "        environment.events.request.add_listener(keep)",
-        "        environment.events.report_to_master.add_listener(ship)",
-        "    record = getattr(environment.parsed_options, 'perfagent_record', '')",
-        "    if isinstance(runner, MasterRunner) and record:",
-        "",
-        "        def collect(client_id, data, **_kw):",
-        "            if data.get('perfagent'):",
-        "                with open(record, 'a', encoding='utf-8') as fh:",
-        "                    fh.write(json.dumps({'worker': client_id, 'rows': data['perfagent']})"
-        " + '\\n')",
-        "",
-        "        environment.events.worker_report.add_listener(collect)",
-        "",
-        "",
-        "@events.quitting.add_listener",
-        "def check_thresholds(environment, **_kwargs):",
-        "    if getattr(environment.parsed_options, 'perfagent_record', ''):",
-        "        return  # perfagent checks them on the exact response times it recorded",
-        "    stats = environment.stats.total",
-        "    observed = {",
-        "        'avg': stats.avg_response_time, 'med': stats.median_response_time,",
-        "        'min': stats.min_response_time, 'max': stats.max_response_time,",
-        "        'rate': stats.fail_ratio,",
-        "    }",
-        "    for expr in THRESHOLDS:",
-        "        name, op, limit = _split(expr)",
-        "        if name.startswith('p('):",
-        "            value = stats.get_response_time_percentile(float(name[2:-1]) / 100)",
-        "        elif expr.startswith('http_reqs'):",
-        "            value = stats.total_rps if name == 'rate' else stats.num_requests",
-        "        else:",
-        "            value = observed[name]",
-        "        ok = {'<': value < limit, '<=': value <= limit, '>': value > limit,",
-        "              '>=': value >= limit, '==': value == limit}[op]",
-        "        print(f'threshold {expr}: observed {value} -> {\"ok\" if ok else \"FAILED\"}')",
-        "        if not ok:",
-        "            environment.process_exit_code = 1",
-        "",
-        "",
-        "def _split(expr):",
-        "    m = re.search(r'(p\\([\\d.]+\\)|avg|mean|med|min|max|rate|count)\\s*"
-        "(<=|>=|==|<|>)\\s*([\\d.]+)', expr)",
-        "    name = {'mean': 'avg'}.get(m.group(1), m.group(1))",
-        "    return name, m.group(2), float(m.group(3))",
-        "",
-    ]
-    return "\n".join(lines)
+    return {
+        "host": f"{parts.scheme}://{parts.netloc}",
+        "path": path,
+        "method": inp.method,
+        "headers": dict(inp.headers),
+        "body": inp.body,
+        "thresholds": list(inp.thresholds),
+        "timeout": inp.timeout,
+        # (seconds, users at start, users at end): each a linear ramp
+        "plan": [[round(d, 3), round(u0, 3), round(u1, 3)] for d, u0, u1 in plan],
+        # Users start and stop in one step (Locust dispatches up to spawn_rate users
+        # per second): a slower ramp-down would keep sending after the plan ends.
+        "spawn_rate": max(math.ceil(peak_users), 1),
+        "drain_s": inp.timeout + 2.0,
+        # open model: requests per second each user sends on its own schedule (null:
+        # closed model, the next request as soon as the answer is in)
+        "pace": pace,
+        "pin": None if target is None else {"host": target.host,
+                                            "addresses": list(target.addresses)},
+    }
+
+
+def scenario_json(scenario: dict[str, Any]) -> str:
+    """The scenario as the JSON text of ``scenario.json`` (ASCII only, one key a line)."""
+    return json.dumps(scenario, indent=2) + "\n"
+
+
+def _urlsplit_checked(url: str) -> SplitResult:
+    """``urlsplit(url)``; ToolError ``invalid_url`` instead of a ValueError."""
+    split_url(url)  # raises invalid_url for a malformed host or port
+    return urlsplit(url)
 
 
 SPEC = ToolSpec(
@@ -1534,5 +1570,6 @@ SPEC = ToolSpec(
     runs_code=False,
 )
 
-__all__ = ["SPEC", "LoadTestInput", "LoadTestResult", "locustfile", "parse_threshold",
-           "percentile", "plot_figures", "run", "send_offsets", "write_plot"]
+__all__ = ["LOCUSTFILE", "SPEC", "LoadTestInput", "LoadTestResult", "check_url",
+           "locust_scenario", "locustfile", "parse_threshold", "percentile", "plot_figures",
+           "run", "scenario_json", "send_offsets", "write_plot"]

@@ -1,9 +1,13 @@
 """``load_test`` with ``engine="locust"``: the same scenario, spread over Locust workers.
 
-The run is the file :func:`tools.loadtest.locustfile` generates (the one a
-user gets with ``emit_locustfile``), started as one headless Locust master and
-N ``--worker`` processes on this machine. Its ``Plan`` shape moves the users
-along the scenario's ramps and ends the run; the master binds loopback only.
+The run is perfagent's one fixed Locust file (:data:`tools.loadtest.LOCUSTFILE`,
+the one a user gets with ``emit_locustfile``) reading the scenario from a JSON
+file (:func:`tools.loadtest.locust_scenario`), started as one headless Locust
+master and N ``--worker`` processes on this machine. The scenario is data: no
+text of it ever becomes code in those processes. Its ``Plan`` shape moves the
+users along the scenario's ramps and ends the run; the master binds loopback
+only. The workers connect to the addresses the target was checked at (the
+scenario's ``pin``) and never resolve its name themselves.
 
 Percentiles stay exact: every worker keeps each response (start time,
 latency, status, size, exception kind) and ships the list to the master with
@@ -26,17 +30,14 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from tools.base import ProgressCallback, ToolError, tail
-from tools.process import kill_group, read_tail, run_bounded
+from tools.base import ProgressCallback, Target, ToolError, tail
+from tools.process import REAPER, ScratchDir, kill_group, read_tail, run_bounded
 
 if TYPE_CHECKING:
     from tools.loadtest import LoadTestInput, _Tally
@@ -56,6 +57,7 @@ class LocustRun:
     tally: _Tally
     workers: int
     locustfile: str
+    scenario: str  # the scenario JSON the locustfile read
     per_worker: dict[str, int] = field(default_factory=dict)
     lags: list[float] = field(default_factory=list)  # sorted, s behind each user's schedule
     locust_requests: int | None = None  # Locust's own count, a cross-check
@@ -120,32 +122,39 @@ def _locust_count(path: Path) -> int | None:
         return None
 
 
-async def run_locust(inp: LoadTestInput, segments: list[tuple[float, float, float]],
-                     planned: float, progress: ProgressCallback | None) -> LocustRun:
+async def run_locust(inp: LoadTestInput, target: Target,
+                     segments: list[tuple[float, float, float]], planned: float,
+                     progress: ProgressCallback | None) -> LocustRun:
     """Run the scenario on a Locust master and ``inp.workers`` local workers.
 
-    The target and the thresholds were checked by the caller. Every process
+    The caller checked the thresholds and the target; ``target`` holds the
+    addresses it was checked at, which the workers connect to. Every process
     is in its own process group and is killed when the run ends, fails, times
     out or is cancelled.
     """
-    from tools.loadtest import _Tally, locustfile
+    from tools.loadtest import _Tally, locust_scenario, locustfile, scenario_json
 
     if importlib.util.find_spec("locust") is None:
         raise ToolError("locust_unavailable", "Locust is not installed",
                         "install it (pip install 'perfagent[locust]') or use engine "
                         '"builtin"')
     workers = inp.workers or default_workers()
-    text = locustfile(inp, workers, segments)
-    parts = urlsplit(inp.url)
-    host = f"{parts.scheme}://{parts.netloc}"
-    folder = Path(tempfile.mkdtemp(prefix="perfagent-locust-"))
+    text = locustfile()
+    scenario = scenario_json(locust_scenario(inp, workers, segments, target))
+    scratch = ScratchDir("perfagent-locust-")
+    folder = Path(scratch.name)
     file, record, stats = folder / "locustfile.py", folder / "record.jsonl", folder / "stats"
+    # The same two files a user gets with emit_locustfile, side by side.
     file.write_text(text, encoding="utf-8")
+    (folder / "scenario.json").write_text(scenario, encoding="utf-8")
     port = _free_port()
-    locust = [sys.executable, "-m", "locust", "-f", str(file)]
+    # The scenario is named on every command line: a PERFAGENT_LOCUST_SCENARIO
+    # this process happens to inherit must not swap it for another.
+    locust = [sys.executable, "-m", "locust", "-f", str(file),
+              "--perfagent-scenario", str(folder / "scenario.json")]
     master_cmd = [*locust, "--headless", "--master", "--master-bind-host", "127.0.0.1",
                   "--master-bind-port", str(port), "--expect-workers", str(workers),
-                  "--expect-workers-max-wait", str(CONNECT_WAIT_S), "--host", host,
+                  "--expect-workers-max-wait", str(CONNECT_WAIT_S),
                   "--only-summary", "--json-file", str(stats), "--perfagent-record", str(record)]
     worker_cmd = [*locust, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
     drain = inp.timeout + 2.0
@@ -167,22 +176,24 @@ async def run_locust(inp: LoadTestInput, segments: list[tuple[float, float, floa
         code, timed_out = await _run_processes(master_cmd, worker_cmd, workers, folder, budget,
                                                report, procs, logs)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        scratch.cleanup()
         raise
 
     tally = _Tally()
     per_worker, lags = read_record(record, tally, inp.plot_path is not None)
     master_log = read_tail(folder / "master.err")
     if timed_out or not tally.latencies:
+        scratch.keep()
         why = (f"did not finish within {budget:g} s" if timed_out
                else f"recorded no request (exit code {code})")
         raise ToolError("load_failed", f"the Locust run {why}: {tail(master_log, 8)}",
                         f"the master's and workers' logs are in {folder}")
     cpu_warning = any("CPU usage" in read_tail(log) for log in [folder / "master.err", *logs])
-    result = LocustRun(tally=tally, workers=workers, locustfile=text, per_worker=per_worker,
+    result = LocustRun(tally=tally, workers=workers, locustfile=text, scenario=scenario,
+                       per_worker=per_worker,
                        lags=sorted(lags), locust_requests=_locust_count(stats.with_suffix(".json")),
                        cpu_warning=cpu_warning)
-    shutil.rmtree(folder, ignore_errors=True)
+    scratch.cleanup()
     return result
 
 
@@ -203,6 +214,7 @@ async def _run_processes(master_cmd: list[str], worker_cmd: list[str], workers: 
                     procs.append(await asyncio.create_subprocess_exec(
                         *worker_cmd, cwd=str(folder), stdin=asyncio.subprocess.DEVNULL,
                         stdout=asyncio.subprocess.DEVNULL, stderr=err, start_new_session=True))
+                    REAPER.tell("+group", procs[-1].pid)
                 except OSError as exc:
                     raise ToolError("spawn_failed", f"could not start a Locust worker: {exc}",
                                     "check that the Python interpreter is runnable") from None
@@ -220,6 +232,7 @@ async def _run_processes(master_cmd: list[str], worker_cmd: list[str], workers: 
         for proc in procs:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(proc.wait(), 5)
+            REAPER.tell("-group", proc.pid)
     return code, timed_out
 
 

@@ -81,6 +81,10 @@ class ScratchDir:
         shutil.rmtree(self.name, ignore_errors=True)
         REAPER.tell("-dir", self.name)
 
+    def keep(self) -> None:
+        """Leave the folder for the user (logs a failure points to); the reaper forgets it."""
+        REAPER.tell("-dir", self.name)
+
     def __enter__(self) -> str:
         return self.name
 

@@ -72,6 +72,40 @@ def test_a_profiled_script_and_its_folder_die_with_perfagent(workspace: Path) ->
             perfagent.kill()
 
 
+def _locust_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any("perfagent-locust-" in part for part in cmdline) and "locust" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_a_locust_master_and_workers_die_with_perfagent(workspace: Path,
+                                                        http_target: Callable[..., str]) -> None:
+    url = http_target("fast")
+    before = {p.pid for p in _locust_processes()}
+    perfagent = _measure(workspace, "load_test",
+                         f'{{"url": "{url}", "rate": 20, "duration": 90, "engine": "locust", '
+                         '"workers": 2}')
+    try:
+        procs = _wait_for(lambda: [p for p in _locust_processes() if p.pid not in before]
+                          if len([p for p in _locust_processes() if p.pid not in before]) >= 3
+                          else None, 60, "the Locust master and two workers to start")
+        folders = {Path(part).parent for p in procs for part in p.cmdline()
+                   if part.endswith("locustfile.py")}
+        assert len(folders) == 1 and next(iter(folders)).is_dir()
+        perfagent.send_signal(signal.SIGKILL)
+        perfagent.wait(timeout=10)
+        for proc in procs:
+            _wait_for(lambda proc=proc: _gone(proc.pid), 10, f"Locust pid {proc.pid} to be killed")
+        folder = next(iter(folders))
+        _wait_for(lambda: not folder.exists(), 10, f"{folder} to be removed")
+    finally:
+        if perfagent.poll() is None:
+            perfagent.kill()
+
+
 def test_the_reaper_leaves_alone_what_finished_normally(workspace: Path) -> None:
     """Cleanup is the tool's own when it ends well; the reaper then has nothing to do and
     exits with perfagent."""

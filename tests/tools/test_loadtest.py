@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import socket
 import sys
 import threading
@@ -17,11 +18,13 @@ from tools import get_tool
 from tools.base import ToolError
 from tools.loadtest import (
     LoadTestInput,
+    locust_scenario,
     locustfile,
     parse_duration,
     parse_threshold,
     percentile,
     run,
+    scenario_json,
     send_offsets,
 )
 
@@ -272,23 +275,36 @@ async def test_post_body_headers_and_closed_model(http_target: Callable[..., str
     assert result.scheduling_lag_p99_ms is None  # no schedule in the closed model
 
 
-def test_locustfile_is_valid_python_with_the_same_load() -> None:
+def test_locustfile_is_fixed_python_and_the_scenario_is_data() -> None:
     inp = LoadTestInput(url="http://127.0.0.1:8000/items?x=1", method="POST", rate=50,
                         duration="30s", body="{}", thresholds=["p(95)<200"],
                         stages=[{"duration": "10s", "target": 50}], emit_locustfile=True)
-    text = locustfile(inp)
+    text = locustfile()
     compile(text, "locustfile.py", "exec")
-    assert "FastHttpUser" in text and "'/items?x=1'" in text and "'POST'" in text
-    assert "LoadTestShape" in text and "p(95)<200" in text
-    assert "--host http://127.0.0.1:8000" in text
+    assert "FastHttpUser" in text and "LoadTestShape" in text
+    assert "/items" not in text and "POST" not in text  # never the scenario's text
+    scenario = json.loads(scenario_json(locust_scenario(inp)))
+    assert scenario["host"] == "http://127.0.0.1:8000"
+    assert scenario["path"] == "/items?x=1" and scenario["method"] == "POST"
+    assert scenario["body"] == "{}" and scenario["thresholds"] == ["p(95)<200"]
+    # 50 req/s from the start (rate is k6's startRate) to 50: 25 users at 2 req/s each
+    assert scenario["plan"] == [[10.0, 25.0, 25.0]]
+    assert scenario["pace"] == 2.0 and scenario["spawn_rate"] == 25
+    assert scenario["drain_s"] == 12.0 and scenario["timeout"] == 10.0
+    assert scenario["pin"] is None  # no checked target given
 
 
 async def test_locustfile_only_when_asked(http_target: Callable[..., str]) -> None:
     url = http_target("fast")
     plain = await run(LoadTestInput(url=url, rate=20, duration=0.2))
     asked = await run(LoadTestInput(url=url, rate=20, duration=0.2, emit_locustfile=True))
-    assert plain.locustfile is None
+    assert plain.locustfile is None and plain.locust_scenario is None
     assert asked.locustfile is not None and "class Target(FastHttpUser)" in asked.locustfile
+    assert asked.locust_scenario is not None
+    scenario = json.loads(asked.locust_scenario)
+    # the addresses the target was checked at, which a hand run connects to as well
+    assert scenario["pin"] == {"host": "127.0.0.1", "addresses": ["127.0.0.1"]}
+    assert scenario["host"] + scenario["path"] == url
 
 
 async def test_cancelling_stops_the_generator(http_target: Callable[..., str]) -> None:

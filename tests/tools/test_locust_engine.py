@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,7 +22,15 @@ from pydantic import ValidationError
 
 from tests.conftest import unavailable
 from tools.base import ToolError
-from tools.loadtest import LoadTestInput, locust_plan, locustfile, run
+from tools.loadtest import (
+    LoadTestInput,
+    check_url,
+    locust_plan,
+    locust_scenario,
+    locustfile,
+    run,
+    scenario_json,
+)
 
 DELAY_MS = 50.0
 THRESHOLDS = ["p(95)<500", "med<10", "http_req_failed rate<0.01"]
@@ -54,7 +66,10 @@ def test_plan_gives_every_worker_users_that_add_up_to_the_rate() -> None:
     closed, none = locust_plan(LoadTestInput(url="http://127.0.0.1/", vus=5, duration=2,
                                              engine="locust"), 2)
     assert none is None and closed == [(2.0, 5.0, 5.0)]
-    text = locustfile(LoadTestInput(url="http://127.0.0.1:9/x", rate=40, duration=3), 2)
+    scenario = locust_scenario(LoadTestInput(url="http://127.0.0.1:9/x", rate=40, duration=3),
+                               2)
+    assert scenario["plan"] == [[3.0, 20.0, 20.0]] and scenario["pace"] == 2.0
+    text = locustfile()
     compile(text, "locustfile.py", "exec")
     assert "--perfagent-record" in text and "allow_redirects=False" in text
 
@@ -137,3 +152,38 @@ async def test_cancelling_kills_master_and_workers(http_target: Callable[..., st
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not _locust_processes()
+
+
+def test_the_emitted_files_run_by_hand(http_target: Callable[..., str], tmp_path: Path) -> None:
+    """locustfile.py and scenario.json side by side run as they are; the environment wins.
+
+    Without --perfagent-record the thresholds are checked on Locust's own
+    statistics when it quits, and a failed one sets the exit code.
+    """
+    url = http_target("fast")
+    target = check_url(url)
+
+    def scenario(thresholds: list[str]) -> str:
+        inp = LoadTestInput(url=url, rate=10, duration=1, timeout=1, thresholds=thresholds,
+                            engine="locust", workers=1)
+        return scenario_json(locust_scenario(inp, 1, None, target))
+
+    (tmp_path / "locustfile.py").write_text(locustfile(), encoding="utf-8")
+    (tmp_path / "scenario.json").write_text(scenario(["http_req_failed rate<0.01"]),
+                                            encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere" / "failing.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(scenario(["max<0"]), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PERFAGENT_LOCUST_SCENARIO"}
+    command = [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless",
+               "--only-summary"]
+
+    beside = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert beside.returncode == 0, beside.stderr[-2000:]
+    assert "threshold http_req_failed rate<0.01: observed 0.0 -> ok" in beside.stdout
+
+    named = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                           env={**env, "PERFAGENT_LOCUST_SCENARIO": str(elsewhere)})
+    assert named.returncode == 1, named.stderr[-2000:]
+    assert "threshold max<0: observed" in named.stdout and "-> FAILED" in named.stdout
