@@ -309,9 +309,9 @@ def check_target_host(host: str, port: int | None = None, *,
             raise ToolError("target_unresolvable", f"{host} does not resolve",
                             "check the name, or list its address instead")
         raise ToolError("target_refused",
-                        f"{host} does not resolve to a loopback address and is not in the "
-                        "allowed hosts", f"{what} target loopback only; to allow this host set "
-                        f"PERFAGENT_ALLOWED_HOSTS={entry}")
+                        f"{host} is not a loopback address and is not in the allowed hosts "
+                        "(it does not resolve here)", f"{what} target loopback only; to allow "
+                        f"this host set PERFAGENT_ALLOWED_HOSTS={entry}")
     local = [a for a in addresses if _local_only(a)]
     if loopback_ok:
         if listed_name or all(ipaddress.ip_address(a).is_loopback for a in addresses):

@@ -22,6 +22,11 @@ import os
 import shutil
 import signal
 import sys
+import time
+
+#: Removal passes over the folders, SWEEP_INTERVAL_S apart, until none reappears twice.
+SWEEPS = 20
+SWEEP_INTERVAL_S = 0.25
 
 
 def main() -> int:
@@ -46,8 +51,17 @@ def main() -> int:
     for group in groups:
         with contextlib.suppress(OSError):  # already gone
             os.killpg(group, signal.SIGKILL)
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+    # A process dying with perfagent (a browser is taken down by its driver, not
+    # by this reaper) may still write into its folder for a moment: remove the
+    # folders again until they stay gone.
+    quiet = 0
+    for _ in range(SWEEPS):
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(SWEEP_INTERVAL_S)
+        quiet = 0 if any(os.path.exists(folder) for folder in folders) else quiet + 1
+        if quiet == 2:
+            break
     return 0
 
 

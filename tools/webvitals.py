@@ -32,7 +32,8 @@ How each number is computed (lab values, one page load each):
 * **TTFB**: the navigation entry's ``responseStart`` measured from navigation
   start, so redirects, DNS, connection and server time are included (the
   ``server_ms`` of each run is ``responseStart - requestStart``, the server
-  part alone);
+  part; for plain-http pages it also holds the egress proxy's connection to
+  the server, a millisecond or so on loopback, which the browser cannot see);
 * **TBT** (a lab proxy for responsiveness, as in Lighthouse): for long tasks
   clipped to the window from FCP to the end of the settle period (our stand-in
   for Time to Interactive; the tool's own interaction is not counted), the
@@ -45,8 +46,17 @@ Medians across runs are compared with Google's published "good" thresholds
 get a severity by how far the median is past the threshold.
 
 Safety: the URL must be loopback or in ``PERFAGENT_ALLOWED_HOSTS``, checked
-before a browser starts. Every browser is closed and its profile removed when
-a run ends, fails or is cancelled.
+before a browser starts. After that, a page asks for much more than its URL
+(redirects, images, scripts, fetches, iframes, WebSockets, service workers),
+so each run's Chromium reaches the network only through an in-process
+checking proxy (:mod:`tools.egress`): every host is checked by the same
+policy, resolved once, and connected to at the checked address; Chromium
+resolves no name itself (so DNS rebinding cannot point it elsewhere) and
+sends no WebRTC UDP around the proxy. Refused sub-resources are reported
+(``blocked_requests``, a ``blocked_request`` finding); a refused navigation
+(the page or a redirect of it) fails the run with ``target_refused``. Every
+browser and proxy is closed and the profile removed when a run ends, fails
+or is cancelled.
 """
 
 from __future__ import annotations
@@ -63,13 +73,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from tools.base import (
     Finding,
     Measurement,
     ProgressCallback,
     Severity,
+    Target,
     ToolError,
     ToolResult,
     ToolSpec,
@@ -77,6 +88,8 @@ from tools.base import (
     tail,
     within_budget,
 )
+from tools.egress import CONNECT_TIMEOUT_S, EgressProxy, Failure, Refusal, authority, url_key
+from tools.process import REAPER
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page, Playwright
@@ -91,6 +104,13 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+#: Hosts of Chromium's own background traffic (update checks, sign-in), which
+#: reaches the egress proxy even with background networking off. Refused like
+#: any other, but not the page's doing, so not reported as the page's requests.
+BROWSER_SERVICE_DOMAINS = ("google.com", "googleapis.com", "gvt1.com", "gvt2.com",
+                           "googleusercontent.com", "gstatic.com")
+#: At most this many blocked requests are listed per run.
+MAX_BLOCKED_LISTED = 20
 #: Names looked up on PATH when PERFAGENT_CHROMIUM is not set.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 #: Temporary profile folders start with this (one per run, removed afterwards).
@@ -269,6 +289,12 @@ class VitalsRun(BaseModel):
     long_task_scripts: list[str] = Field(default_factory=list)
     other_hosts: list[str] = Field(default_factory=list,
                                    description="hosts other than the page's that it loaded from")
+    blocked_requests: list[str] = Field(
+        default_factory=list,
+        description="requests of the page the egress check refused, as 'URL: reason' (the "
+        "browser never connected to them)")
+    #: The same refusals with their policy hints, for the result's findings.
+    _refused: list[tuple[str, Refusal]] = PrivateAttr(default_factory=list)
     settled: bool = Field(default=True, description="False when the timeout ended the wait")
     elapsed_s: float = 0.0
     notes: list[str] = Field(default_factory=list)
@@ -666,13 +692,17 @@ def _require_playwright() -> None:
 
 
 async def _launch(pw: Playwright, chromium: str, profile: str, inp: WebVitalsInput,
-                  timeout_s: float) -> BrowserContext:
-    """A headless Chromium with a fresh profile; its one context is the run's cold cache."""
+                  timeout_s: float, extra_args: list[str]) -> BrowserContext:
+    """A headless Chromium with a fresh profile; its one context is the run's cold cache.
+
+    ``extra_args`` are the egress proxy's switches (the browser's only way out).
+    """
     from playwright.async_api import Error as PlaywrightError
 
     try:
         return await pw.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True, args=list(CHROMIUM_ARGS),
+            profile, executable_path=chromium, headless=True,
+            args=[*CHROMIUM_ARGS, *extra_args],
             viewport=inp.viewport_size(), timeout=timeout_s * 1000, handle_sigint=False,
             handle_sigterm=False, handle_sighup=False)
     except PlaywrightError as exc:
@@ -702,6 +732,7 @@ async def _remove_profiles(profiles: list[str]) -> None:
             if not os.path.exists(profile):
                 break
             await asyncio.sleep(0.1)
+        REAPER.tell("-dir", profile)
 
 
 def _navigation_error(exc: Exception, url: str, timeout_s: float) -> ToolError:
@@ -717,6 +748,101 @@ def _navigation_error(exc: Exception, url: str, timeout_s: float) -> ToolError:
                          "check that the server is running and listening on that host and port")
     return ToolError("navigation_failed", f"loading {url} failed: {tail(text, 6)}",
                      "check the URL and the server's logs")
+
+
+class _PageRequests:
+    """What the page itself asked for, as the browser reports it to Playwright.
+
+    Every request of the context (frames, workers, service workers) and every
+    WebSocket, keyed like the egress proxy's verdicts, so a refusal can be told
+    from Chromium's own background traffic; and the main frame's navigations in
+    order (the page's URL, its redirects, client-side redirects).
+    """
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.urls: dict[tuple[str, int], list[str]] = {}
+        self.navigations: list[str] = []
+
+    def request(self, request: Any) -> None:
+        with contextlib.suppress(Exception):  # a service worker's request has no frame
+            self._add(request.url)
+            if request.is_navigation_request() and request.frame == self.page.main_frame:
+                self.navigations.append(request.url)
+
+    def websocket(self, websocket: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._add(websocket.url)
+
+    def _add(self, url: str) -> None:
+        key = url_key(url)
+        if key is not None:
+            urls = self.urls.setdefault(key, [])
+            if url not in urls and len(urls) < MAX_BLOCKED_LISTED:
+                urls.append(url)
+
+
+def _check_navigation(url: str, seen: _PageRequests, proxy: EgressProxy, *,
+                      failed: bool) -> None:
+    """Fail the run when the egress check refused the page or a redirect of it.
+
+    ``failed``: the navigation did not succeed (an exception, or an error
+    status), so a connection the proxy could not make explains it.
+    """
+    refused: dict[tuple[str, int], Refusal] = {}
+    for refusal in proxy.refused:
+        refused.setdefault((refusal.host, refusal.port), refusal)
+    for index, navigation in enumerate(seen.navigations):
+        found = refused.get(url_key(navigation) or ("", 0))
+        if found is None:
+            continue
+        hops = seen.navigations[1:index]
+        via = f" (via {' -> '.join(hops)})" if hops else ""
+        raise ToolError("target_refused", f"{url} redirected to {navigation}{via}: {found.reason}",
+                        found.hint)
+    if not failed:
+        return
+    failures: dict[tuple[str, int], Failure] = {(f.host, f.port): f for f in proxy.failed}
+    for navigation in reversed(seen.navigations):
+        failure = failures.get(url_key(navigation) or ("", 0))
+        if failure is not None:
+            where = "" if navigation == url else f" (at {navigation})"
+            raise ToolError("target_unreachable",
+                            f"{url} could not be loaded: {failure.error}{where}",
+                            "check that the server is running and listening on that host and port")
+
+
+def _browser_service(host: str) -> bool:
+    return any(host == d or host.endswith("." + d) for d in BROWSER_SERVICE_DOMAINS)
+
+
+def _blocked(proxy: EgressProxy,
+             seen: _PageRequests) -> tuple[list[tuple[str, Refusal]], list[str]]:
+    """The refusals that were the page's requests, as (URL, refusal); and the others.
+
+    A refused CONNECT names only host:port, so it is shown as the page's https,
+    wss or ws URLs on that host and port. Refusals the page did not ask for are
+    Chromium's own traffic; its known service hosts are left out.
+    """
+    page: list[tuple[str, Refusal]] = []
+    listed: set[str] = set()
+    other: list[str] = []
+    for refusal in proxy.refused:
+        urls = seen.urls.get((refusal.host, refusal.port))
+        if not urls:
+            if not _browser_service(refusal.host) and refusal.target not in other:
+                other.append(refusal.target)
+            continue
+        if refusal.connect:
+            labels = [u for u in urls if urlsplit(u).scheme in ("https", "wss", "ws")]
+            labels = labels or [refusal.target]
+        else:
+            labels = [refusal.target]
+        for label in labels:
+            if label not in listed and len(page) < MAX_BLOCKED_LISTED:
+                listed.add(label)
+                page.append((label, refusal))
+    return page, other
 
 
 class _Network:
@@ -799,19 +925,31 @@ async def _interact(page: Page, time_origin: float) -> tuple[str | None, list[st
 
 
 async def _measure(pw: Playwright, chromium: str, inp: WebVitalsInput, index: int,
-                   info: dict[str, str], profiles: list[str]) -> VitalsRun:
-    """One cold page load in its own browser (its profile folder goes into ``profiles``)."""
+                   info: dict[str, str], profiles: list[str], checked: Target) -> VitalsRun:
+    """One cold page load in its own browser (its profile folder goes into ``profiles``).
+
+    The browser's only way out is a fresh egress proxy that already knows
+    ``checked`` (the page's host as the caller checked it), so the page loads
+    from the address that check saw.
+    """
     from playwright.async_api import Error as PlaywrightError
 
     began = time.monotonic()
     target_host = urlsplit(inp.url).hostname
     profile = tempfile.mkdtemp(prefix=PROFILE_PREFIX)
+    REAPER.tell("+dir", profile)  # removed by the reaper should perfagent die mid-run
     profiles.append(profile)
     context: BrowserContext | None = None
+    proxy = EgressProxy(what="web_vitals", checked=[checked],
+                        connect_timeout=min(CONNECT_TIMEOUT_S, inp.timeout))
     try:
-        context = await _launch(pw, chromium, profile, inp, inp.timeout)
+        await proxy.start()
+        context = await _launch(pw, chromium, profile, inp, inp.timeout, proxy.chromium_args())
         await context.add_init_script(OBSERVER_SCRIPT)
         page = context.pages[0] if context.pages else await context.new_page()
+        seen = _PageRequests(page)
+        context.on("request", seen.request)
+        page.on("websocket", seen.websocket)
         cdp = await context.new_cdp_session(page)
         if not info.get("browser"):
             version = await cdp.send("Browser.getVersion")
@@ -831,18 +969,19 @@ async def _measure(pw: Playwright, chromium: str, inp: WebVitalsInput, index: in
         try:
             response = await page.goto(inp.url, wait_until="load", timeout=inp.timeout * 1000)
         except PlaywrightError as exc:
+            _check_navigation(inp.url, seen, proxy, failed=True)
             raise _navigation_error(exc, inp.url, inp.timeout) from exc
-        if urlsplit(page.url).hostname != target_host:
-            try:
-                check_target_url(page.url)
-            except ToolError as exc:
-                raise ToolError(exc.code, f"{inp.url} redirected to {page.url}: {exc.message}",
-                                exc.hint) from exc
+        # The proxy answers a refused navigation (or a redirect of it) with 403, and
+        # one to a server it could not reach with 502: its records say which.
+        _check_navigation(inp.url, seen, proxy,
+                          failed=response is not None and response.status >= 400)
         if response is not None and response.status >= 400:
             raise ToolError("http_error", f"{inp.url} answered HTTP {response.status} "
                             f"{response.status_text}".rstrip(),
                             "measure a URL that serves the page (status 2xx/3xx)")
         settled = await _settle(page, network, inp.settle, nav_start + inp.timeout)
+        # A client-side redirect while the page settled is a navigation too.
+        _check_navigation(inp.url, seen, proxy, failed=False)
         before = await page.evaluate(SNAPSHOT_SCRIPT)
         if before is None:
             raise ToolError("measurement_failed", "the measuring script did not run in the page",
@@ -865,8 +1004,18 @@ async def _measure(pw: Playwright, chromium: str, inp: WebVitalsInput, index: in
         run.settled = settled
         run.interacted_with = interacted_with
         page_host = urlsplit(page.url).hostname
-        run.other_hosts = sorted(h for h in network.hosts if h not in (target_host, page_host))
+        blocked, unattributed = _blocked(proxy, seen)
+        run.blocked_requests = [f"{label}: {refusal.reason}" for label, refusal in blocked]
+        run._refused = blocked
+        # A host the page asked for but was refused every time loaded nothing.
+        refused_keys = {(r.host, r.port) for r in proxy.refused}
+        loaded = {host for host, port in seen.urls if (host, port) not in refused_keys}
+        run.other_hosts = sorted(h for h in network.hosts
+                                 if h not in (target_host, page_host) and h in loaded)
         run.notes.extend(notes)
+        if unattributed:
+            run.notes.append("the egress check also refused requests the page did not make "
+                             f"itself (the browser's own): {', '.join(unattributed[:5])}")
         if not settled:
             run.notes.append(f"the page never had {inp.settle:g} s of quiet within "
                              f"{inp.timeout:g} s; values are as of the timeout")
@@ -882,7 +1031,10 @@ async def _measure(pw: Playwright, chromium: str, inp: WebVitalsInput, index: in
         raise ToolError("measurement_failed", f"the browser failed while measuring: "
                         f"{tail(str(exc), 6)}", "try again; check the page in a browser") from exc
     finally:
-        await _close(context, profile)
+        try:
+            await _close(context, profile)
+        finally:
+            await proxy.close()
 
 
 # --------------------------------------------------------------------------- tool
@@ -890,7 +1042,7 @@ async def _measure(pw: Playwright, chromium: str, inp: WebVitalsInput, index: in
 
 async def run(inp: WebVitalsInput, progress: ProgressCallback | None = None) -> WebVitalsResult:
     """Load the page ``runs`` times in fresh headless Chromium and report median web vitals."""
-    check_target_url(inp.url)  # before any browser starts
+    checked = check_target_url(inp.url, what="web_vitals")  # before any browser starts
     chromium = find_chromium()
     _require_playwright()
     from playwright.async_api import async_playwright
@@ -905,7 +1057,7 @@ async def run(inp: WebVitalsInput, progress: ProgressCallback | None = None) -> 
                     progress((index - 1) / inp.runs, f"run {index}/{inp.runs}: loading {inp.url}")
                 try:
                     measured = await asyncio.wait_for(
-                        _measure(pw, chromium, inp, index, info, profiles),
+                        _measure(pw, chromium, inp, index, info, profiles, checked),
                         inp.timeout + RUN_MARGIN_S)
                 except TimeoutError as exc:
                     raise ToolError("timeout", f"run {index} did not finish within "
@@ -959,13 +1111,19 @@ def _build_result(inp: WebVitalsInput, runs: list[VitalsRun], browser: str) -> W
             name=name, value=value, unit=threshold.unit, source="web_vitals", target=inp.url,
             budget=threshold.budget, passed=within_budget(value, threshold.budget)))
     notes.append("TTFB is the navigation's responseStart from navigation start (redirects, DNS, "
-                 "connection and server time); server_ms per run is responseStart - requestStart")
+                 "connection and server time); server_ms per run is responseStart - requestStart "
+                 "(for http:// pages including the egress proxy's connect to the server)")
     notes.append("TBT counts long tasks from FCP to the end of the settle period (a stand-in for "
                  "Time to Interactive); its 200 ms budget is Lighthouse's")
     others = sorted({h for r in runs for h in r.other_hosts})
     if others:
         notes.append(f"the page also loaded resources from {', '.join(others[:10])}: their "
                      "speed is part of these numbers")
+    blocked_hosts = sorted({authority(r.host, r.port) for run in runs for _u, r in run._refused})
+    if blocked_hosts:
+        notes.append(f"the egress check refused the page's requests to {', '.join(blocked_hosts[:10])} "
+                     "(the browser never connected): the numbers are measured without them; "
+                     "see blocked_requests")
     if not inp.interact:
         notes.append("interact=false: INP needs an interaction, so none was measured")
     if "slow-4g" in (inp.throttle or ""):
@@ -1037,6 +1195,8 @@ def _findings(inp: WebVitalsInput, runs: list[VitalsRun],
             summary=f"{what} took {inp_ms:.0f} ms to the next paint (INP, good <= 200 ms)",
             location=(it.target if it and it.target else inp.url), evidence=evidence))
 
+    findings.extend(_blocked_findings(runs))
+
     tbt = medians["tbt"]
     if tbt is not None and tbt > THRESHOLDS["tbt"].good:
         rep = _closest(runs, "tbt", tbt)
@@ -1049,6 +1209,29 @@ def _findings(inp: WebVitalsInput, runs: list[VitalsRun],
             summary=f"long tasks block the main thread for {tbt:.0f} ms while the page loads "
                     f"(TBT, good <= 200 ms)",
             location=inp.url, evidence=evidence))
+    return findings
+
+
+def _blocked_findings(runs: list[VitalsRun]) -> list[Finding]:
+    """One ``blocked_request`` finding per refused host and port, naming why."""
+    by_host: dict[tuple[str, int], tuple[Refusal, list[str], set[int]]] = {}
+    for run in runs:
+        for url, refusal in run._refused:
+            _first, urls, in_runs = by_host.setdefault((refusal.host, refusal.port),
+                                                       (refusal, [], set()))
+            if url not in urls:
+                urls.append(url)
+            in_runs.add(run.run)
+    findings = []
+    for (host, port), (refusal, urls, in_runs) in by_host.items():
+        more = f" (and {len(urls) - 1} more request(s) to {authority(host, port)})" if urls[1:] else ""
+        findings.append(Finding(
+            kind="blocked_request", severity="medium",
+            summary=f"the page asked for {urls[0]}{more}: {refusal.reason}",
+            location=urls[0],
+            evidence=f"refused before any connection in {len(in_runs)} of {len(runs)} run(s), so "
+                     f"the numbers are measured without it: {', '.join(urls[:5])}; "
+                     f"{refusal.hint}"))
     return findings
 
 

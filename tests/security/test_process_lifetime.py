@@ -106,6 +106,61 @@ def test_a_locust_master_and_workers_die_with_perfagent(workspace: Path,
             perfagent.kill()
 
 
+SLOW_PAGE = """\
+import http.server, sys, time
+class Slow(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html><body><p>loading")
+        self.wfile.flush()
+        time.sleep(120)  # the page never finishes loading
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def _chromium_processes(profile_prefix: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(profile_prefix in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_chromium_and_its_profile_die_with_perfagent(workspace: Path) -> None:
+    from tools.webvitals import PROFILE_PREFIX
+
+    page = subprocess.Popen([sys.executable, "-c", SLOW_PAGE], stdout=subprocess.PIPE, text=True)
+    perfagent = None
+    try:
+        assert page.stdout is not None
+        port = int(page.stdout.readline())
+        before = {p.pid for p in _chromium_processes(PROFILE_PREFIX)}
+        perfagent = _measure(workspace, "web_vitals",
+                             f'{{"url": "http://127.0.0.1:{port}/", "runs": 1, "timeout": 90}}')
+        browsers = _wait_for(lambda: [p for p in _chromium_processes(PROFILE_PREFIX)
+                                      if p.pid not in before], 60, "Chromium to start")
+        profiles = {Path(part.split("=", 1)[1]) for p in browsers for part in p.cmdline()
+                    if part.startswith("--user-data-dir=")}
+        assert profiles and all(folder.is_dir() for folder in profiles)
+        perfagent.send_signal(signal.SIGKILL)
+        perfagent.wait(timeout=10)
+        for proc in browsers:
+            _wait_for(lambda proc=proc: _gone(proc.pid), 15, f"Chromium pid {proc.pid} to exit")
+        for folder in profiles:
+            _wait_for(lambda folder=folder: not folder.exists(), 10, f"{folder} to be removed")
+    finally:
+        if perfagent is not None and perfagent.poll() is None:
+            perfagent.kill()
+        page.kill()
+        page.wait()
+
+
 def test_the_reaper_leaves_alone_what_finished_normally(workspace: Path) -> None:
     """Cleanup is the tool's own when it ends well; the reaper then has nothing to do and
     exits with perfagent."""

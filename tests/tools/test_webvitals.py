@@ -306,6 +306,9 @@ async def test_stable_page_passes(browser: None, pages: str) -> None:
     # input is reported whatever its duration.
     assert only.interacted_with and "click on" in only.interacted_with
     assert only.other_hosts == [] and only.settled
+    # Chromium's own background traffic (update checks, sign-in) is refused by the
+    # egress proxy but is not the page's: nothing blocked, no note about it.
+    assert only.blocked_requests == [] and only.notes == []
     # (Event Timing reports durations in 8 ms steps: a quick click may read 0 ms.)
     assert only.inp is not None and 0 <= only.inp < 100 and only.inp % 8 == 0
     assert {m.name for m in result.measurements} == {"lcp", "cls", "inp", "fcp", "ttfb", "tbt"}
