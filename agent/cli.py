@@ -545,6 +545,23 @@ def bench(
 # --------------------------------------------------------------------------- serving
 
 
+AllowedHostOption = Annotated[list[str] | None, typer.Option(
+    "--allowed-host", metavar="NAME[:PORT]",
+    help="another host name the server answers to (repeatable; also PERFAGENT_SERVER_HOSTS): "
+         "the name clients and browsers use to reach it, e.g. behind a proxy. Without a port, "
+         "any port. Loopback names and the bound address are always answered")]
+
+
+def _note_wildcard_hosts(config: Any) -> None:
+    """Bound to every interface, the server answers only loopback names until told its
+    public ones: say so, instead of leaving remote clients with a puzzling 421."""
+    if config.binds_wildcard and not config.allowed_hosts:
+        _console(stderr=True).print(
+            f"[yellow]note:[/] bound to {config.host}, the server answers only "
+            f"localhost/127.0.0.1:{config.port}; pass --allowed-host NAME for each name "
+            "remote clients use (or set PERFAGENT_SERVER_HOSTS)", soft_wrap=True, markup=True)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to bind; non-loopback needs API keys")] = (
@@ -554,22 +571,28 @@ def serve(
     persona: PersonaOption = None,
     workers: Annotated[int | None, typer.Option(
         help="server processes; more than one needs PERFAGENT_DATABASE_URL (PostgreSQL)")] = None,
+    allowed_host: AllowedHostOption = None,
 ) -> None:
     """Serve the HTTP API, the OpenAI-compatible endpoint, MCP at /mcp and the web chat page.
 
     With PERFAGENT_DATABASE_URL, threads live in PostgreSQL, and every process
     serving from it (its --workers, or servers on other hosts) shares them.
+    The server answers only its own host names: loopback and the bound address
+    with its port, plus each --allowed-host (a server bound to 0.0.0.0 needs its
+    public names there).
     """
     from agent.server.config import ServerConfig, ServerConfigError
     from agent.storage import DatabaseUnavailable, check_database, database_url
 
     settings = _settings(model, persona)
     try:
-        config = ServerConfig.from_env(host=host, port=port, workers=workers)
+        config = ServerConfig.from_env(host=host, port=port, workers=workers,
+                                       allowed_hosts=tuple(allowed_host or ()))
         if (url := database_url()) is not None:
             check_database(url)  # refuse to start rather than fail every request
     except (ServerConfigError, DatabaseUnavailable) as exc:
         raise _fail(exc.code, exc.message, exc.hint) from None
+    _note_wildcard_hosts(config)
     from agent.server.app import run_server
 
     run_server(config, settings)
@@ -583,6 +606,7 @@ def mcp(
     port: Annotated[int, typer.Option(help="port with --http")] = 8001,
     model: ModelOption = None,
     persona: PersonaOption = None,
+    allowed_host: AllowedHostOption = None,
 ) -> None:
     """Run the MCP server: stdio by default (for IDE assistants), or Streamable HTTP."""
     from agent.server import mcp as mcp_server
@@ -591,7 +615,8 @@ def mcp(
     settings = _settings(model, persona)
     try:
         if http:
-            mcp_server.serve_http(settings, host=host, port=port)
+            mcp_server.serve_http(settings, host=host, port=port,
+                                  allowed_hosts=tuple(allowed_host or ()))
         else:
             mcp_server.serve_stdio(settings)
     except ServerConfigError as exc:

@@ -32,7 +32,14 @@ from agent.run import (
     thread_history,
 )
 from agent.storage import database_errors
-from agent.threads import RecordedTurn, ThreadIndex, ThreadInfo, thread_index
+from agent.threads import EVERYONE, RecordedTurn, ThreadIndex, ThreadInfo, Viewer, thread_index
+
+
+def thread_not_found(thread_id: str) -> dict[str, str]:
+    """The one answer for a thread that does not exist and for one the caller may not see:
+    the two must be indistinguishable, so no one learns of threads that are not theirs."""
+    return {"code": "thread_not_found", "message": f"there is no thread {thread_id!r}",
+            "hint": "start a new thread (omit the thread id), or continue one of your own"}
 
 
 class RunsBusy(Exception):
@@ -202,18 +209,25 @@ class AgentService:
 
     # ------------------------------------------------------------------ threads
 
-    def create_thread(self, title: str = "") -> ThreadInfo:
-        return self.index.ensure(new_thread_id(), title)
+    # Every method below takes the ``viewer`` asking (:class:`agent.threads.Viewer`):
+    # with API keys, a key sees and continues only the threads it created. A thread
+    # the viewer may not see answers exactly as one that does not exist.
 
-    def thread(self, thread_id: str) -> ThreadInfo | None:
-        return self.index.get(thread_id)
+    def create_thread(self, title: str = "", viewer: Viewer = EVERYONE) -> ThreadInfo:
+        return self.index.ensure(new_thread_id(), title, owner=viewer.owner)
 
-    def threads(self, limit: int = 50) -> list[ThreadInfo]:
-        return self.index.list(limit)
+    def thread(self, thread_id: str, viewer: Viewer = EVERYONE) -> ThreadInfo | None:
+        """The thread; None when it does not exist or ``viewer`` may not see it."""
+        info = self.index.get(thread_id)
+        return info if info is not None and viewer.can_see(info) else None
 
-    async def history(self, thread_id: str) -> ThreadHistory | None:
-        """The thread's messages and past TurnResults; None for a thread that does not exist."""
-        info = await asyncio.to_thread(self.index.get, thread_id)
+    def threads(self, limit: int = 50, viewer: Viewer = EVERYONE) -> list[ThreadInfo]:
+        return self.index.list(limit, viewer)
+
+    async def history(self, thread_id: str, viewer: Viewer = EVERYONE) -> ThreadHistory | None:
+        """The thread's messages and past TurnResults; None for a thread that does not
+        exist or that ``viewer`` may not see."""
+        info = await asyncio.to_thread(self.thread, thread_id, viewer)
         if info is None:
             return None
         with database_errors():
@@ -222,6 +236,31 @@ class AgentService:
         turns = await asyncio.to_thread(self.index.turns, thread_id)
         return ThreadHistory(thread=info, messages=messages, turns=turns)
 
+    def linked_thread(self, transcript: str, viewer: Viewer = EVERYONE) -> str | None:
+        """The thread a client's transcript key was linked to by :meth:`link`, if
+        ``viewer`` linked it (keys are kept per owner) and may still see it."""
+        thread_id = self.index.linked(_owned_key(transcript, viewer))
+        return thread_id if thread_id and self.thread(thread_id, viewer) else None
+
+    def link(self, transcript: str, thread_id: str, viewer: Viewer = EVERYONE) -> None:
+        """Link a transcript key to a thread, for ``viewer`` only: another key that sends
+        the same conversation starts its own thread rather than continuing this one."""
+        self.index.link(_owned_key(transcript, viewer), thread_id)
+
+    def may_run(self, thread_id: str, viewer: Viewer = EVERYONE) -> bool:
+        """Whether ``viewer`` may run a turn on ``thread_id``.
+
+        An unknown id starts a thread by that id for a viewer who sees all threads
+        (as it always has); for a key that sees only its own it is refused like a
+        foreign thread, so that the two cannot be told apart.
+        """
+        info = self.index.get(thread_id)
+        if info is None:
+            if viewer.sees_all and viewer.owner is not None:
+                self.index.ensure(thread_id, owner=viewer.owner)
+            return viewer.sees_all
+        return viewer.can_see(info)
+
     # ------------------------------------------------------------------ turns
 
     def settings_for(self, model: str | None, persona: str | None = None) -> Settings:
@@ -229,22 +268,28 @@ class AgentService:
 
     async def stream(self, message: str, *, thread_id: str | None = None,
                      model: str | None = None, persona: str | None = None,
-                     slot: RunSlot | None = None,
-                     node_events: bool = True) -> AsyncIterator[RunEvent]:
+                     slot: RunSlot | None = None, node_events: bool = True,
+                     viewer: Viewer = EVERYONE) -> AsyncIterator[RunEvent]:
         """Run one turn and yield its events (see :func:`agent.run.stream_turn`).
 
         Pass a ``slot`` from :meth:`reserve` (bound to the thread with
         :meth:`RunSlot.bind`) when the caller must answer "busy" before it starts
         streaming; otherwise one is reserved here. One turn runs per thread at a
         time: a second gets a ``thread_busy`` error event. The slot is released
-        when the turn ends, fails or is cancelled.
+        when the turn ends, fails or is cancelled. A thread ``viewer`` may not run
+        (:meth:`may_run`) gets a ``thread_not_found`` error event, before any claim,
+        so that a busy thread of someone else's does not say it is busy.
         """
         # Claims and the thread index may be database round trips: off the event loop.
         slot = slot or await asyncio.to_thread(self.reserve)
         try:
             try:
                 if thread_id is None:
-                    thread_id = (await asyncio.to_thread(self.create_thread, message)).thread_id
+                    thread_id = (await asyncio.to_thread(self.create_thread, message,
+                                                         viewer)).thread_id
+                elif not await asyncio.to_thread(self.may_run, thread_id, viewer):
+                    yield RunEvent(type="error", data=thread_not_found(thread_id))
+                    return
                 await asyncio.to_thread(slot.bind, thread_id)
             except ThreadBusy as exc:
                 yield RunEvent(type="error", data={"code": "thread_busy", "message": str(exc),
@@ -263,10 +308,17 @@ class AgentService:
             slot.release()
 
     async def run(self, message: str, *, thread_id: str | None = None, model: str | None = None,
-                  persona: str | None = None, slot: RunSlot | None = None) -> TurnResult:
+                  persona: str | None = None, slot: RunSlot | None = None,
+                  viewer: Viewer = EVERYONE) -> TurnResult:
         """Run one turn to completion; raise :class:`TurnError` if it fails."""
         return await final_result(self.stream(message, thread_id=thread_id, model=model,
-                                              persona=persona, slot=slot, node_events=False))
+                                              persona=persona, slot=slot, node_events=False,
+                                              viewer=viewer))
+
+
+def _owned_key(transcript: str, viewer: Viewer) -> str:
+    """A transcript key in the viewer's own space (unchanged without an owner)."""
+    return transcript if viewer.owner is None else f"{viewer.owner}:{transcript}"
 
 
 #: Events a turn may run ahead of a slow reader before it waits for the reader.

@@ -7,25 +7,33 @@ records its turns here through :mod:`agent.run`, so a thread started in the
 terminal shows up in the web page's thread list. It is a SQLite file by
 default and PostgreSQL tables with ``PERFAGENT_DATABASE_URL``, so that server
 processes sharing one database list and continue each other's threads.
+
+Each thread may have an owner: a one-way id of the API key that created it
+(:func:`owner_id`; the key itself is never stored). A :class:`Viewer` says
+whose threads a caller may see and continue: everyone's on a server without
+keys (and from the terminal), only its own for an API key, all for an admin
+key. Threads started in the terminal have no owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from agent.context import Settings
 from agent.results import TurnResult
 
 #: Columns in the order :func:`_info` reads them.
-_SELECT_THREAD = "SELECT thread_id, title, created_at, updated_at, turns FROM threads"
+_SELECT_THREAD = "SELECT thread_id, title, created_at, updated_at, turns, owner FROM threads"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -33,7 +41,8 @@ CREATE TABLE IF NOT EXISTS threads (
     title TEXT NOT NULL DEFAULT '',
     created_at DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL,
-    turns INTEGER NOT NULL DEFAULT 0
+    turns INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS turns (
     thread_id TEXT NOT NULL,
@@ -50,9 +59,48 @@ CREATE TABLE IF NOT EXISTS conversation_keys (
     created_at DOUBLE PRECISION NOT NULL
 );
 """
+#: Run after :data:`_SCHEMA` once ``threads`` has its ``owner`` column (tables created
+#: before threads had owners get it added first: see each index's migration).
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS threads_by_owner ON threads (owner, updated_at DESC);"
+#: PostgreSQL adds a missing column in one idempotent statement.
+_PG_MIGRATION = "ALTER TABLE threads ADD COLUMN IF NOT EXISTS owner TEXT;\n" + _OWNER_INDEX
 
 #: How much of the first message becomes the thread's title.
 TITLE_CHARS = 80
+
+
+def owner_id(key: str) -> str:
+    """The id a thread's owner is stored under: a one-way digest of its API key.
+
+    Stable across processes and restarts (servers sharing a database agree on
+    it) and never the key itself: the index can be read without revealing a key.
+    """
+    return hashlib.sha256(b"perfagent-thread-owner\0" + key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is asking, as far as threads go: the owner new threads get, and which
+    threads may be seen and continued."""
+
+    #: Given to the threads this viewer creates (None: no owner).
+    owner: str | None = None
+    #: Sees and continues every thread (no keys, the terminal, an admin key).
+    sees_all: bool = True
+
+    def can_see(self, info: ThreadInfo) -> bool:
+        return self.sees_all or (self.owner is not None and info.owner == self.owner)
+
+    @classmethod
+    def for_key(cls, key: str, *, admin: bool = False) -> Viewer:
+        """The viewer an API key (or an admin key) makes."""
+        return cls(owner=owner_id(key), sees_all=admin)
+
+
+#: Everyone sees everything: a server without keys, the terminal, stdio protocols.
+EVERYONE = Viewer()
+#: Sees nothing and owns nothing: a keyed server's request that carried no key.
+NOBODY = Viewer(owner=None, sees_all=False)
 
 
 class ThreadInfo(BaseModel):
@@ -63,6 +111,13 @@ class ThreadInfo(BaseModel):
     created_at: float
     updated_at: float
     turns: int
+    # Private: kept out of every answer and of the API schema.
+    _owner: str | None = PrivateAttr(None)
+
+    @property
+    def owner(self) -> str | None:
+        """The owner id of the key that created the thread (:func:`owner_id`), if any."""
+        return self._owner
 
 
 class RecordedTurn(BaseModel):
@@ -94,16 +149,18 @@ class ThreadIndex:
     def _run(self, db: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
         return db.execute(self._sql(query), params)
 
-    def ensure(self, thread_id: str, title: str = "") -> ThreadInfo:
-        """The thread, created if it does not exist yet (its title is kept if it has one)."""
+    def ensure(self, thread_id: str, title: str = "", owner: str | None = None) -> ThreadInfo:
+        """The thread, created (owned by ``owner``) if it does not exist yet. An existing
+        thread keeps its owner, and its title if it has one."""
         now = time.time()
         with self._connect() as db:
             self._run(
                 db,
-                "INSERT INTO threads (thread_id, title, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO threads (thread_id, title, created_at, updated_at, owner) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(thread_id) DO UPDATE SET title = CASE WHEN threads.title = '' "
                 "THEN excluded.title ELSE threads.title END",
-                (thread_id, title[:TITLE_CHARS], now, now))
+                (thread_id, title[:TITLE_CHARS], now, now, owner))
             row = self._run(db, f"{_SELECT_THREAD} WHERE thread_id = ?", (thread_id,)).fetchone()
         return _info(row)
 
@@ -112,11 +169,18 @@ class ThreadIndex:
             row = self._run(db, f"{_SELECT_THREAD} WHERE thread_id = ?", (thread_id,)).fetchone()
         return _info(row) if row else None
 
-    def list(self, limit: int = 50) -> list[ThreadInfo]:
-        """The most recently used threads first."""
+    def list(self, limit: int = 50, viewer: Viewer = EVERYONE) -> list[ThreadInfo]:
+        """The most recently used threads ``viewer`` may see, first."""
         with self._connect() as db:
-            rows = self._run(db, f"{_SELECT_THREAD} ORDER BY updated_at DESC LIMIT ?",
-                             (limit,)).fetchall()
+            if viewer.sees_all:
+                rows = self._run(db, f"{_SELECT_THREAD} ORDER BY updated_at DESC LIMIT ?",
+                                 (limit,)).fetchall()
+            elif viewer.owner is None:
+                rows = []
+            else:
+                rows = self._run(db, f"{_SELECT_THREAD} WHERE owner = ? "
+                                     "ORDER BY updated_at DESC LIMIT ?",
+                                 (viewer.owner, limit)).fetchall()
         return [_info(r) for r in rows]
 
     def record(self, thread_id: str, message: str, result: TurnResult) -> None:
@@ -180,6 +244,21 @@ class SqliteThreadIndex(ThreadIndex):
         with closing(self._open()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a file written by an earlier version up to date: threads get owners."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(threads)")}
+        with db:
+            if "owner" not in columns:
+                # Two processes may both see it missing; the loser's error is harmless.
+                try:
+                    db.execute("ALTER TABLE threads ADD COLUMN owner TEXT")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
+            db.execute(_OWNER_INDEX)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10.0)
@@ -216,16 +295,18 @@ class PostgresThreadIndex(ThreadIndex):
 
         with database_errors(self.url), self._pool.connection() as db:
             if not self._ready:
-                ensure_schema(db, _SCHEMA)
+                ensure_schema(db, _SCHEMA + _PG_MIGRATION)
                 self._ready = True
             with db.transaction():
                 yield db
 
 
 def _info(row: Any) -> ThreadInfo:
-    thread_id, title, created_at, updated_at, turns = row
-    return ThreadInfo(thread_id=thread_id, title=title, created_at=created_at,
+    thread_id, title, created_at, updated_at, turns, owner = row
+    info = ThreadInfo(thread_id=thread_id, title=title, created_at=created_at,
                       updated_at=updated_at, turns=turns)
+    info._owner = owner
+    return info
 
 
 _INDEXES: dict[Path | str, ThreadIndex] = {}

@@ -167,10 +167,22 @@ async def test_a_turn_streams_tool_cards_and_the_exact_answer(
         assert unknown.value.data["code"] == "unknown_session"
 
 
+def _tool_children(process: psutil.Process) -> list[psutil.Process]:
+    """The process's descendants, less its reaper (which lives as long as the process)."""
+    found = []
+    for child in process.children(recursive=True):
+        try:
+            if not any(part.endswith("reaper.py") for part in child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 async def no_children(process: psutil.Process, within: float = 10) -> None:
-    """Wait until ``process`` has no child processes left (they are killed asynchronously)."""
+    """Wait until ``process`` has no tool processes left (they are killed asynchronously)."""
     async with asyncio.timeout(within):
-        while process.children(recursive=True):
+        while _tool_children(process):
             await asyncio.sleep(0.05)
 
 

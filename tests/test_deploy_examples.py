@@ -49,3 +49,18 @@ def test_prometheus_scrapes_the_metrics_route_and_probes_use_healthz() -> None:
                       if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_servers_answer_the_names_their_clients_use() -> None:
+    """A server answers only its own host names (421 otherwise): the scrape target and
+    the probes' Host (the pod address) must be among them."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    hosts = compose["services"]["perfagent"]["environment"]["PERFAGENT_SERVER_HOSTS"].split(",")
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    for target in prometheus["scrape_configs"][0]["static_configs"][0]["targets"]:
+        assert target.split(":")[0] in hosts
+    deployment = next(d for d in yaml.safe_load_all((DEPLOY / "k8s" / "perfagent.yaml").read_text())
+                      if d["kind"] == "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert "$(POD_IP)" in env["PERFAGENT_SERVER_HOSTS"]["value"].split(",")

@@ -118,11 +118,13 @@ def workspace(tmp_path: Path) -> Path:
 class Server:
     """One ``perfagent serve`` subprocess and an HTTP client for it."""
 
-    def __init__(self, database: str, workspace: Path, *args: str, max_runs: int = 4) -> None:
+    def __init__(self, database: str, workspace: Path, *args: str, max_runs: int = 4,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PERFAGENT_DATABASE_URL": database,
-               "PERFAGENT_WORKSPACE": str(workspace), "PERFAGENT_MAX_RUNS": str(max_runs)}
+               "PERFAGENT_WORKSPACE": str(workspace), "PERFAGENT_MAX_RUNS": str(max_runs),
+               **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "serve", "--port", str(self.port), *args],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -171,8 +173,10 @@ def servers(postgres: PgServer, workspace: Path) -> Iterator[Any]:
     """``servers(*args, max_runs=N)`` starts a server on the shared database; all stop after."""
     started: list[Server] = []
 
-    def start(*args: str, max_runs: int = 4, database: str | None = None) -> Server:
-        started.append(Server(database or postgres.dsn, workspace, *args, max_runs=max_runs))
+    def start(*args: str, max_runs: int = 4, database: str | None = None,
+              env: dict[str, str] | None = None) -> Server:
+        started.append(Server(database or postgres.dsn, workspace, *args, max_runs=max_runs,
+                              env=env))
         return started[-1]
 
     yield start
@@ -310,3 +314,59 @@ def test_database_outage_fails_the_run_and_the_server_recovers(servers: Any) -> 
         assert again.status_code == 200, again.text
         history = server.history(thread_id)
         assert contents(history) == [QUICK_QUESTION, "and now?"]
+
+
+def test_threads_belong_to_their_key_across_servers_and_old_tables_gain_owners(
+        postgres: PgServer, servers: Any) -> None:
+    """With API keys, a key sees only its own threads on every server sharing the database;
+    an admin key sees all. A threads table from before owners gets its column, and its
+    threads (like the terminal's) belong to no key."""
+    import psycopg
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin_conn:
+        admin_conn.execute("CREATE DATABASE owners")
+    database = postgres.dsn.rsplit("/", 1)[0] + "/owners"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE threads (thread_id TEXT PRIMARY KEY, title TEXT NOT NULL "
+                     "DEFAULT '', created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE "
+                     "PRECISION NOT NULL, turns INTEGER NOT NULL DEFAULT 0)")
+        conn.execute("INSERT INTO threads VALUES ('old-thread', 'old', 1.0, 1.0, 0)")
+    keys = {"PERFAGENT_API_KEYS": "key-alice,key-bob", "PERFAGENT_ADMIN_KEYS": "key-admin"}
+    first, second = servers(database=database, env=keys), servers(database=database, env=keys)
+    alice, bob, admin = ({"Authorization": f"Bearer key-{who}"} for who in
+                         ("alice", "bob", "admin"))
+
+    thread_id = first.client.post("/v1/threads", json={}, headers=alice).json()["thread_id"]
+    answered = first.client.post(f"/v1/threads/{thread_id}/runs",
+                                 json={"message": QUICK_QUESTION}, headers=alice)
+    assert answered.status_code == 200, answered.text
+
+    def ids(server: Server, headers: dict[str, str]) -> set[str]:
+        response = server.client.get("/v1/threads", headers=headers)
+        assert response.status_code == 200, response.text
+        return {t["thread_id"] for t in response.json()["threads"]}
+
+    assert ids(second, alice) == {thread_id}
+    assert ids(second, bob) == set()
+    assert ids(second, admin) == {thread_id, "old-thread"}
+    for target in (thread_id, "old-thread"):
+        for method, path, body in (("GET", "", None), ("POST", "/runs", {"message": "hi"})):
+            foreign = second.client.request(method, f"/v1/threads/{target}{path}", json=body,
+                                             headers=bob)
+            missing = second.client.request(method, f"/v1/threads/nope{path}", json=body,
+                                            headers=bob)
+            assert foreign.status_code == 404, (target, path, foreign.text)
+            assert foreign.text.replace(target, "nope") == missing.text
+    continued = second.client.post(f"/v1/threads/{thread_id}/runs",
+                                   json={"message": "and p50?"}, headers=alice)
+    assert continued.status_code == 200, continued.text
+    by_admin = second.client.post(f"/v1/threads/{thread_id}/runs",
+                                  json={"message": "and p99?"}, headers=admin)
+    assert by_admin.status_code == 200, by_admin.text
+    assert second.client.get(f"/v1/threads/{thread_id}",
+                             headers=alice).json()["thread"]["turns"] == 3
+    from agent.threads import owner_id
+
+    with psycopg.connect(database) as conn:
+        owners = dict(conn.execute("SELECT thread_id, owner FROM threads").fetchall())
+    assert owners == {thread_id: owner_id("key-alice"), "old-thread": None}

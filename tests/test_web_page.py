@@ -211,7 +211,7 @@ def test_a_turn_streams_tools_checks_and_results_and_is_kept_in_the_thread(
 
 
 def test_api_key_and_busy_errors_are_explained(page: Any, tmp_path: Path) -> None:
-    env = {"PERFAGENT_API_KEYS": "right-key", "PERFAGENT_MAX_RUNS": "1"}
+    env = {"PERFAGENT_API_KEYS": "right-key,other-key", "PERFAGENT_MAX_RUNS": "1"}
     with perfagent_serve(tmp_path / "serve.log", env) as url:
         page.goto(url)
         # Without a key the thread list is refused: the page asks for one.
@@ -240,15 +240,28 @@ def test_api_key_and_busy_errors_are_explained(page: Any, tmp_path: Path) -> Non
         assert page.evaluate("localStorage.getItem('perfagent.apiKey')") == "right-key"
 
         # With the one run slot taken, the page says the server is busy.
-        with held_run_slot(url, "right-key"):
+        with held_run_slot(url, "right-key") as held_thread:
             page.press("#message", "Enter")
             page.wait_for_selector("#banner:not([hidden]):has-text('busy')")
             error = page.locator('.turn[data-state="error"] .error-box').last.text_content()
             assert "already running" in error and "PERFAGENT_MAX_RUNS" in error
 
+        # The page lists this key's threads, and only them: not another key's.
+        other_thread = new_thread(url, "other-key")
+        page.reload()
+        page.wait_for_selector(f'.thread-item[data-thread-id="{held_thread}"]')
+        assert page.locator(f'.thread-item[data-thread-id="{other_thread}"]').count() == 0
+
+
+def new_thread(url: str, key: str) -> str:
+    request = urllib.request.Request(f"{url}/v1/threads", data=b"{}", method="POST", headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["thread_id"]
+
 
 @contextmanager
-def held_run_slot(url: str, key: str) -> Iterator[None]:
+def held_run_slot(url: str, key: str) -> Iterator[str]:
     """A turn streaming on its own connection, holding a run slot until the block ends.
 
     The turn load-tests the server's own liveness route for longer than the test
@@ -266,7 +279,7 @@ def held_run_slot(url: str, key: str) -> Iterator[None]:
         stream = api.getresponse()
         assert stream.status == 200
         assert stream.readline().startswith(b"event: run_start")  # the slot is now taken
-        yield
+        yield thread_id
     finally:
         api.close()  # disconnecting cancels the turn and frees the slot
 

@@ -27,13 +27,15 @@ from agent.server.config import ServerConfig
 from agent.server.deps import (
     ApiError,
     ClaimedThread,
+    CurrentViewer,
     ExistingThread,
     Lease,
     Service,
     error_responses,
+    thread_not_found,
     turn_error,
 )
-from agent.server.guards import BearerAuth, BodyLimit, error_body
+from agent.server.guards import BearerAuth, BodyLimit, HostGuard, error_body
 from agent.service import AgentService, ThreadHistory
 from agent.threads import ThreadInfo
 
@@ -99,7 +101,8 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
     from agent.telemetry import enable_metrics
 
     metrics = enable_metrics()
-    mcp_endpoint, mcp_sessions = mcp_asgi(service, host=config.host)
+    hosts = config.host_policy()
+    mcp_endpoint, mcp_sessions = mcp_asgi(service, host=config.host, hosts=hosts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,21 +111,25 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
             await stack.enter_async_context(mcp_sessions)
             yield
 
-    middleware = [Middleware(BearerAuth, keys=config.api_keys,
+    middleware = [Middleware(BearerAuth, keys=config.api_keys, admin_keys=config.admin_keys,
                              open_paths=("/", "/healthz", "/favicon.ico"),
                              open_prefixes=("/static/",)),
                   Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        # Outermost, so a preflight is answered before the key check.
+        # Before the key check, so a preflight is answered without a key.
         middleware.insert(0, Middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["authorization", "content-type", "mcp-session-id",
                            "mcp-protocol-version"]))
+    # Outermost: a request for another host name (DNS rebinding) or a change asked by a
+    # foreign web page is answered by nothing else.
+    middleware.insert(0, Middleware(HostGuard, policy=hosts))
     app = FastAPI(title="perfagent", version=_version(), lifespan=lifespan,
-                  middleware=middleware, responses=error_responses(400, 401, 413, 422, 503),
+                  middleware=middleware,
+                  responses=error_responses(400, 401, 403, 413, 421, 422, 503),
                   description="The performance-engineer agent: it measures before it answers.")
     app.state.service = service
     app.state.config = config
@@ -148,32 +155,34 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/threads", tags=["threads"])
-    def list_threads(service: Service) -> ThreadList:
-        """Threads, most recently used first."""
-        return ThreadList(threads=service.threads())
+    def list_threads(service: Service, viewer: CurrentViewer) -> ThreadList:
+        """Threads, most recently used first: with API keys, the ones this key created."""
+        return ThreadList(threads=service.threads(viewer=viewer))
 
     @app.post("/v1/threads", tags=["threads"])
-    def create_thread(service: Service, body: NewThread | None = None) -> ThreadInfo:
-        """A new, empty thread."""
-        return service.create_thread(body.title if body else "")
+    def create_thread(service: Service, viewer: CurrentViewer,
+                      body: NewThread | None = None) -> ThreadInfo:
+        """A new, empty thread (with API keys, this key's own)."""
+        return service.create_thread(body.title if body else "", viewer)
 
     @app.get("/v1/threads/{thread_id}", tags=["threads"],
              responses=error_responses(404))
-    async def get_thread(thread_id: ExistingThread, service: Service) -> ThreadHistory:
+    async def get_thread(thread_id: ExistingThread, service: Service,
+                         viewer: CurrentViewer) -> ThreadHistory:
         """The thread's messages and the TurnResult of each past turn."""
-        history = await service.history(thread_id)
+        history = await service.history(thread_id, viewer)
         if history is None:  # deleted between the check and the read
-            raise ApiError(404, "thread_not_found", f"there is no thread {thread_id!r}")
+            raise thread_not_found(thread_id)
         return history
 
     @app.post("/v1/threads/{thread_id}/runs", tags=["runs"],
               responses=error_responses(*RUN_ERRORS))
     async def run(thread_id: ClaimedThread, body: RunRequest, service: Service,
-                  lease: Lease) -> TurnResult:
+                  lease: Lease, viewer: CurrentViewer) -> TurnResult:
         """Run one turn and answer with its TurnResult."""
         try:
             return await service.run(body.message, thread_id=thread_id, model=body.model,
-                                     slot=lease.slot)
+                                     slot=lease.slot, viewer=viewer)
         except TurnError as exc:
             raise turn_error(exc) from None
 
@@ -181,14 +190,14 @@ def create_app(config: ServerConfig | None = None, settings: Settings | None = N
               response_class=EventSourceResponse,
               responses=error_responses(404, 409, 429))
     async def run_stream(thread_id: ClaimedThread, body: RunRequest, service: Service,
-                         lease: Lease) -> AsyncIterator[ServerSentEvent]:
+                         lease: Lease, viewer: CurrentViewer) -> AsyncIterator[ServerSentEvent]:
         """Run one turn and stream its events: ``event:`` is the type, ``data:`` its JSON.
 
         The last event is ``final`` (the TurnResult) or ``error``. Closing the
         connection cancels the turn, and with it any tool process it started.
         """
         events = lease.track(service.stream(body.message, thread_id=thread_id,
-                                            model=body.model, slot=lease.slot))
+                                            model=body.model, slot=lease.slot, viewer=viewer))
         number = 0
         async for event in events:
             number += 1

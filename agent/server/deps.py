@@ -14,7 +14,9 @@ from fastapi import Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from agent.run import TurnError
+from agent.server.guards import viewer_of
 from agent.service import AgentService, RunsBusy, RunSlot, ThreadBusy
+from agent.threads import Viewer
 
 T = TypeVar("T")
 
@@ -41,8 +43,11 @@ _STATUS_MEANING = {
     400: "the request cannot be served as asked",
     409: "a turn is already running on this thread",
     401: "a valid API key is required",
-    404: "no such thread or model",
+    403: "a web page of another origin may not change anything here (PERFAGENT_CORS_ORIGINS "
+         "lists the origins that may)",
+    404: "no such thread (or not one of this API key's) or model",
     413: "the request body is too large",
+    421: "the Host header does not name this server (see --allowed-host)",
     422: "the request is malformed; the named fields say why",
     429: "too many turns are running; retry after the Retry-After seconds",
     500: "the server failed; the thread's earlier turns are intact",
@@ -61,7 +66,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
                      "content": json_body} for status in statuses}
 
 #: Turn errors that are the caller's doing answer 4xx; the rest say the server failed.
-_ERROR_STATUS = {"unknown_model": 400, "model_error": 502, "missing_api_key": 400}
+_ERROR_STATUS = {"unknown_model": 400, "model_error": 502, "missing_api_key": 400,
+                 "thread_not_found": 404}
 #: Seconds a client told "busy" should wait before retrying.
 RETRY_AFTER_S = 2
 
@@ -86,10 +92,23 @@ def _service(request: Request) -> AgentService:
 Service = Annotated[AgentService, Depends(_service)]
 
 
-def _existing_thread(thread_id: ThreadId, service: Service) -> str:
-    if service.thread(thread_id) is None:
-        raise ApiError(404, "thread_not_found", f"there is no thread {thread_id!r}",
-                       "create one with POST /v1/threads, or list them with GET /v1/threads")
+def _viewer(request: Request) -> Viewer:
+    return viewer_of(request.scope)
+
+
+#: Whose threads the request sees and continues: with API keys, the key's own.
+CurrentViewer = Annotated[Viewer, Depends(_viewer)]
+
+
+def thread_not_found(thread_id: str, hint: str = "") -> ApiError:
+    """The one answer for a thread that does not exist and for someone else's."""
+    return ApiError(404, "thread_not_found", f"there is no thread {thread_id!r}",
+                    hint or "create one with POST /v1/threads, or list yours with GET /v1/threads")
+
+
+def _existing_thread(thread_id: ThreadId, service: Service, viewer: CurrentViewer) -> str:
+    if service.thread(thread_id, viewer) is None:
+        raise thread_not_found(thread_id)
     return thread_id
 
 

@@ -28,9 +28,9 @@ import json
 import logging
 import math
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -46,7 +46,12 @@ from agent.context import Settings
 from agent.results import RunEvent, TurnResult
 from agent.run import TurnError, final_result
 from agent.service import AgentService, RunsBusy
+from agent.threads import EVERYONE, Viewer
 from tools import ProgressCallback, ToolSpec, get_tool, tool_names
+from tools.base import LOCAL, ServingRules
+
+if TYPE_CHECKING:
+    from agent.server.guards import HostPolicy
 
 #: Where MCP answers over HTTP, standalone and inside the HTTP server alike.
 MCP_PATH = "/mcp"
@@ -99,6 +104,19 @@ async def _reporting(events: AsyncIterator[RunEvent], ctx: Context) -> AsyncIter
             yield event
 
 
+def _viewer(ctx: Context) -> Viewer:
+    """Whose threads the calling client sees: over HTTP, what the key check decided for
+    the request that carried the call; over stdio (the user's own process), every thread."""
+    from agent.server.guards import viewer_of
+
+    try:
+        request = ctx.request_context.request
+    except ValueError:  # no request context at all: not over HTTP
+        return EVERYONE
+    scope = getattr(request, "scope", None)
+    return EVERYONE if scope is None else viewer_of(scope)
+
+
 def _ask_tool(service: AgentService) -> Callable[..., Awaitable[CallToolResult]]:
     """The ask tool over ``service``; its signature is what the SDK turns into the input schema."""
 
@@ -114,7 +132,8 @@ def _ask_tool(service: AgentService) -> Callable[..., Awaitable[CallToolResult]]
             slot = service.reserve()
         except RunsBusy as exc:
             return error_result("busy", str(exc), "retry in a few seconds")
-        events = service.stream(question, thread_id=thread_id, slot=slot, node_events=False)
+        events = service.stream(question, thread_id=thread_id, slot=slot, node_events=False,
+                                viewer=_viewer(ctx))
         try:
             result = await final_result(_reporting(events, ctx))
         except TurnError as exc:
@@ -161,9 +180,13 @@ class MeasurementTool(Tool):
     other tool error, and a crash never leaks a traceback.
     """
 
+    #: What the server lets a call reach (a public server's narrower rules).
+    rules: ServingRules = LOCAL
+
     @classmethod
-    def from_spec(cls, spec: ToolSpec) -> MeasurementTool:
+    def from_spec(cls, spec: ToolSpec, rules: ServingRules = LOCAL) -> MeasurementTool:
         return cls(
+            rules=rules,
             fn=spec.run,
             name=spec.name,
             description=spec.description,
@@ -180,7 +203,7 @@ class MeasurementTool(Tool):
 
         async with _progress_forwarder(context) as progress:
             outcome = await execute(self.name, arguments, allowed={self.name},
-                                    progress=progress)
+                                    progress=progress, rules=self.rules)
         data = json.loads(outcome.content)
         if not outcome.ok:
             return error_result(**data["error"])
@@ -190,8 +213,11 @@ class MeasurementTool(Tool):
 
 def measurement_tools(settings: Settings) -> list[MeasurementTool]:
     """The measurement tools these settings allow: code-running ones only with allow_code_tools."""
+    from agent.toolbox import serving_rules
+
+    rules = serving_rules(settings)
     specs = [get_tool(name) for name in tool_names()]
-    return [MeasurementTool.from_spec(spec) for spec in specs
+    return [MeasurementTool.from_spec(spec, rules) for spec in specs
             if settings.allow_code_tools or not spec.runs_code]
 
 
@@ -301,7 +327,7 @@ def serve_stdio(settings: Settings) -> None:
         anyio.run(main)
 
 
-def mcp_asgi(service: AgentService, *, host: str = "127.0.0.1",
+def mcp_asgi(service: AgentService, *, host: str = "127.0.0.1", hosts: HostPolicy | None = None,
              ) -> tuple[ASGIApp, AbstractAsyncContextManager[None]]:
     """MCP over Streamable HTTP as an ASGI endpoint, and the context that must run around it.
 
@@ -317,35 +343,56 @@ def mcp_asgi(service: AgentService, *, host: str = "127.0.0.1",
     A route rather than ``app.mount("/mcp", ...)``: a mount only matches
     ``/mcp/...`` and would redirect ``/mcp`` itself. ``sessions`` runs the
     session manager (its task group holds every MCP session) and can be
-    entered once. ``host`` is the address the server binds: on loopback the SDK
-    refuses Host headers other than 127.0.0.1, localhost and [::1] (and such
-    Origins) against DNS rebinding; on any other address that check is off
-    and the app's own guards (API keys) must protect the endpoint.
+    entered once.
+
+    ``hosts`` is the server's :class:`agent.server.guards.HostPolicy` (by default
+    the one of a server bound to ``host``); the SDK's own DNS-rebinding check is
+    given the same host names and origins, so it refuses what the app's
+    :class:`agent.server.guards.HostGuard` refuses (Host: 421, Origin: 403),
+    also where the endpoint is mounted without that guard. The SDK cannot tell
+    ports apart for the loopback names; HostGuard, in front, does.
     """
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from agent.server.guards import HostPolicy
+
+    hosts = hosts or HostPolicy(bind_host=host)
+    allowed_hosts, allowed_origins = hosts.sdk_patterns()
+    security = TransportSecuritySettings(
+        # "*" in the CORS origins admits every browser origin, which the SDK's list cannot
+        # say; the Host check is then HostGuard's alone.
+        enable_dns_rebinding_protection="*" not in hosts.cors_origins,
+        allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
     server = build_mcp_server(service)
-    server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    server.streamable_http_app(streamable_http_path=MCP_PATH, host=host,
+                               transport_security=security)
     return StreamableHTTPASGIApp(server.session_manager), server.session_manager.run()
 
 
-def serve_http(settings: Settings, host: str, port: int) -> None:
+def serve_http(settings: Settings, host: str, port: int,
+               allowed_hosts: Sequence[str] = ()) -> None:
     """Serve MCP over Streamable HTTP at ``http://host:port/mcp`` (blocking).
 
     The same rules as the HTTP server apply: any address but loopback needs
     ``PERFAGENT_API_KEYS`` (raises :class:`agent.server.config.ServerConfigError`
-    otherwise) and keeps code-running tools off unless the operator turns them on.
+    otherwise) and keeps code-running tools off unless the operator turns them on;
+    only the server's own host names are answered (``allowed_hosts`` and
+    ``PERFAGENT_SERVER_HOSTS`` add to loopback and the bound address), and a
+    foreign browser Origin is refused; with keys, a key continues only its own threads.
     """
     import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import Route
 
     from agent.server.config import ServerConfig
-    from agent.server.guards import BearerAuth, BodyLimit
+    from agent.server.guards import BearerAuth, BodyLimit, HostGuard
 
-    config = ServerConfig.from_env(host=host, port=port)
+    config = ServerConfig.from_env(host=host, port=port, allowed_hosts=tuple(allowed_hosts))
     _log_to_stderr()
     service = AgentService(config.agent_settings(settings),
                            max_concurrent_runs=config.max_concurrent_runs)
-    endpoint, sessions = mcp_asgi(service, host=host)
+    hosts = config.host_policy()
+    endpoint, sessions = mcp_asgi(service, host=host, hosts=hosts)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -353,5 +400,6 @@ def serve_http(settings: Settings, host: str, port: int) -> None:
             yield
 
     app = Starlette(routes=[Route(MCP_PATH, endpoint)], lifespan=lifespan)
-    guarded = BearerAuth(BodyLimit(app, config.max_body_bytes), config.api_keys)
+    guarded = HostGuard(BearerAuth(BodyLimit(app, config.max_body_bytes), config.api_keys,
+                                   admin_keys=config.admin_keys), hosts)
     uvicorn.run(guarded, host=host, port=port, access_log=False)

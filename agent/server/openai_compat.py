@@ -9,6 +9,8 @@ perfagent's threads are not, so each answer links a key of the transcript the
 client now holds to the thread, and the next request whose earlier messages
 have that key continues the same thread (its measurements and baselines
 included). A client may instead name the thread in ``X-Perfagent-Thread``.
+With API keys, both ways find only the key's own threads: transcript keys are
+kept per API key, and a thread of another key's is "not found".
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.results import RunEvent
-from agent.server.deps import ApiError, Lease, Service, claim_thread, error_responses, turn_error
+from agent.server.deps import (
+    ApiError,
+    CurrentViewer,
+    Lease,
+    Service,
+    claim_thread,
+    error_responses,
+    thread_not_found,
+    turn_error,
+)
 from agent.service import AgentService
+from agent.threads import Viewer
 
 #: Accepted as the default persona, for clients that insist on a fixed model name.
 DEFAULT_MODEL_ALIAS = "perfagent"
@@ -146,7 +158,7 @@ class _Turn:
     """What one chat completion maps to: the persona, the question and the thread."""
 
     def __init__(self, body: ChatCompletionRequest, service: AgentService,
-                 thread_header: str | None) -> None:
+                 thread_header: str | None, viewer: Viewer) -> None:
         dialogue = _dialogue(body.messages)
         if not dialogue or dialogue[-1][0] != "user" or not dialogue[-1][1].strip():
             raise ApiError(422, "invalid_request", "the last message must be a user message "
@@ -156,20 +168,20 @@ class _Turn:
         self.question = dialogue[-1][1]
         self.dialogue = dialogue
         self.service = service
+        self.viewer = viewer
         if thread_header:
-            if service.thread(thread_header) is None:
-                raise ApiError(404, "thread_not_found", f"there is no thread {thread_header!r}",
-                               f"omit {THREAD_HEADER} to start a new thread")
+            if service.thread(thread_header, viewer) is None:
+                raise thread_not_found(thread_header, f"omit {THREAD_HEADER} to start a new thread")
             self.thread_id = thread_header
         else:
-            known = service.index.linked(transcript_key(dialogue[:-1])) if len(dialogue) > 1 \
-                else None
-            self.thread_id = known or service.create_thread(self.question).thread_id
+            known = service.linked_thread(transcript_key(dialogue[:-1]), viewer) \
+                if len(dialogue) > 1 else None
+            self.thread_id = known or service.create_thread(self.question, viewer).thread_id
 
     def remember(self, answer: str) -> None:
         """Link the transcript the client now holds (question and answer) to the thread."""
-        self.service.index.link(transcript_key([*self.dialogue, ("assistant", answer)]),
-                                self.thread_id)
+        self.service.link(transcript_key([*self.dialogue, ("assistant", answer)]),
+                          self.thread_id, self.viewer)
 
 
 def openai_router() -> APIRouter:
@@ -188,25 +200,27 @@ def openai_router() -> APIRouter:
                             **error_responses(404, 409, 429, 500, 502, 503)})
     async def chat_completions(
         body: ChatCompletionRequest, service: Service, lease: Lease, response: Response,
+        viewer: CurrentViewer,
         thread: Annotated[str | None, Header(alias=THREAD_HEADER, max_length=64)] = None,
     ) -> ChatCompletion | EventSourceResponse:
         """A chat completion; ``stream: true`` answers with chunks and ``data: [DONE]``."""
         # Off the event loop: mapping the transcript to a thread reads the index.
-        turn = await asyncio.to_thread(_Turn, body, service, thread)
+        turn = await asyncio.to_thread(_Turn, body, service, thread, viewer)
         await asyncio.to_thread(claim_thread, lease, turn.thread_id)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         headers = {THREAD_HEADER: turn.thread_id}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = service.stream(turn.question, thread_id=turn.thread_id,
-                                    persona=turn.persona, slot=lease.slot, node_events=False)
+                                    persona=turn.persona, slot=lease.slot, node_events=False,
+                                    viewer=viewer)
             chunks = lease.track(_encoded(_chunks(events, turn, completion_id, include_usage)))
             return EventSourceResponse(chunks, headers=headers)
         from agent.run import TurnError
 
         try:
             result = await service.run(turn.question, thread_id=turn.thread_id,
-                                       persona=turn.persona, slot=lease.slot)
+                                       persona=turn.persona, slot=lease.slot, viewer=viewer)
         except TurnError as exc:
             raise turn_error(exc) from None
         await asyncio.to_thread(turn.remember, result.answer)

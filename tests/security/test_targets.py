@@ -209,3 +209,20 @@ def test_a_server_without_code_tools_keeps_the_workspace_closed(
         outcome = asyncio.run(execute(tool, args, allowed={tool}, rules=rules))
         assert json.loads(outcome.content)["error"]["code"] == "workspace_closed"
     assert not (workspace / "index.html").exists()
+
+
+def test_a_public_server_runs_every_tool_call_under_its_rules(tmp_path: Path) -> None:
+    """The graph and MCP's measurement tools both take the rules from the server's settings."""
+    from agent.context import Settings
+    from agent.server.config import ServerConfig
+    from agent.server.mcp import measurement_tools
+
+    base = Settings(state_dir=tmp_path)
+    public = ServerConfig(host="0.0.0.0", api_keys=("k",), allow_code_tools=False)
+    local = ServerConfig(host="127.0.0.1")
+    assert public.agent_settings(base).public_server
+    assert not local.agent_settings(base).public_server
+    tools = measurement_tools(public.agent_settings(base))
+    assert tools and all(t.rules == PUBLIC for t in tools)
+    assert {t.name for t in tools}.isdisjoint({"profile_python", "detect_n_plus_one"})
+    assert all(t.rules == ServingRules() for t in measurement_tools(local.agent_settings(base)))
