@@ -45,7 +45,8 @@ from evals.cli import eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")
 
-#: Exit codes: 1 a structured error, 3 a measured value outside its budget.
+#: Exit codes: 1 a structured error, 3 a measured value outside its budget (or, for
+#: ``perfagent check``, a failed check).
 EXIT_ERROR = 1
 EXIT_BUDGET = 3
 
@@ -417,6 +418,56 @@ def measure(
         for f in result.findings:
             out.print(f"  [yellow]{f.kind}[/] ({f.severity}) {f.location or ''}: {f.summary}")
     if any(m.passed is False for m in result.measurements):
+        raise typer.Exit(EXIT_BUDGET)
+
+
+@app.command("check")
+def check_answer(
+    draft: Annotated[Path, typer.Argument(help="the answer to judge (Markdown); - for stdin")],
+    evidence: Annotated[Path | None, typer.Option(
+        "--evidence", help="JSON: measurements, findings, tool_calls, sources; or a TurnResult")
+    ] = None,
+    persona: Annotated[str | None, typer.Option(
+        "--persona", help="persona name or file (default performance-engineer)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Judge any answer, from any model, against a persona's pre-response checks.
+
+    Exit 0 when no check fails, 3 when one does, 1 on bad input.
+    """
+    from agent.draft_check import (
+        EvidenceError,
+        PersonaError,
+        check_draft,
+        load_evidence,
+        resolve_persona,
+    )
+
+    try:
+        text = sys.stdin.read() if str(draft) == "-" else draft.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail("unreadable_draft", f"cannot read {draft}: {exc}",
+                    "give a UTF-8 Markdown file, or - to read the draft from stdin") from None
+    try:
+        found = load_evidence(evidence) if evidence is not None else None
+        chosen = resolve_persona(persona)
+    except EvidenceError as exc:
+        raise _fail("invalid_evidence", exc.message, exc.hint) from None
+    except PersonaError as exc:
+        raise _fail("unknown_persona", str(exc), "perfagent personas list") from None
+    report = check_draft(text, found, chosen)
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        console = _console()
+        marks = {"pass": "[green]pass[/]", "fail": "[red]fail[/]",
+                 "not_applicable": "[dim]n/a[/]", "not_enforced": "[yellow]not enforced[/]"}
+        for result in report.checks:
+            console.print(f"{marks[result.status]}  [bold]{result.name}[/]: {result.evidence}",
+                          soft_wrap=True)
+            if result.feedback:
+                console.print(f"      [yellow]fix:[/] {result.feedback}", soft_wrap=True)
+    if not report.passed:
         raise typer.Exit(EXIT_BUDGET)
 
 
