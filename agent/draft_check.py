@@ -4,8 +4,8 @@ The graph runs the same validators on its own drafts; this is the entry for
 everything else: ``perfagent check DRAFT.md --evidence EVIDENCE.json``, the
 evals, a CI job that lints answers another assistant wrote. The evidence is
 what the answer may rest on: a TurnResult's ``measurements``, ``findings`` and
-``tool_calls``, plus ``sources`` (texts the answer may quote: the question,
-tool outputs, documents). A whole TurnResult JSON is accepted as it is.
+``tool_calls``, plus ``sources`` (texts the answer may quote: tool outputs,
+documents) and the ``question`` it answers. A whole TurnResult JSON is accepted as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Evidence(BaseModel):
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list,
                                description="texts the answer may quote")
+    question: str = Field("", description="the user's message the answer replies to")
 
 
 class CheckReport(BaseModel):
@@ -94,7 +95,8 @@ def check_draft(draft: str, evidence: Evidence | None = None,
     data = CheckInput(
         draft=draft, measurements=evidence.measurements, findings=evidence.findings,
         tool_calls=evidence.tool_calls, sources=list(evidence.sources),
-        target_values=[(t.value, t.unit) for t in persona.targets])
+        target_values=[(t.value, t.unit) for t in persona.targets],
+        question=evidence.question)
     results: list[CheckResult] = []
     for declared in persona.checks:
         validator = CHECKS.get(declared.id)

@@ -330,6 +330,7 @@ def check_input(state: AgentState, persona: Persona) -> CheckInput:
     sources += [p["text"] for p in state.get("knowledge", [])]
     sources += [f"{b['value']} {b['unit']}" for b in state.get("baselines", [])]
     return CheckInput(
+        question=last_user_text(state.get("messages", [])),
         draft=draft_of(state),
         measurements=state.get("measurements", []),
         findings=state.get("findings", []),

@@ -8,7 +8,7 @@ meaning of the check, not by what the code does today (the labeling rules are
 in ``tests/data/drafts/README.md``).
 
 :func:`load_corpus` validates every file and names the file that is wrong;
-:func:`score` runs the checks of ``agent/checks.py`` over each draft, with the
+:func:`score` runs the checks of ``agent/checks/`` over each draft, with the
 evidence handed over the way ``agent/graph.py`` does for a real turn, and
 measures them like a classifier of ``fail``: true/false positives and
 negatives, precision and recall per check, how ``not_applicable`` was labeled

@@ -205,3 +205,30 @@ def test_scorer_measures_the_current_checks(corpus: list[DraftCase]) -> None:
             assert len(row["false_negatives"]) == row["fn"]
         print()
         print(render(report))
+
+
+#: precision and recall of ``fail`` the reworked checks reach on the TUNE split (issue 13),
+#: minus a small margin; a regression below these fails CI. Holdout is printed, not asserted.
+TUNE_FLOOR = {
+    "baseline_established": (0.95, 0.92),
+    "impact_quantified": (0.95, 0.84),
+    "monitoring_included": (0.95, 0.95),
+    "implementation_quality": (0.95, 0.95),
+    "regression_prevention": (0.95, 0.95),
+}
+
+
+def test_reworked_checks_hold_their_tune_accuracy(corpus: list[DraftCase]) -> None:
+    report = score(corpus, "tune")
+    short = []
+    for name, (precision, recall) in TUNE_FLOOR.items():
+        row = report["checks"][name]
+        if (row["precision"] or 0) < precision or (row["recall"] or 0) < recall:
+            short.append(f"{name}: precision {row['precision']} (floor {precision}), recall "
+                         f"{row['recall']} (floor {recall}); fp {row['false_positives']}, "
+                         f"fn {row['false_negatives']}")
+    assert not short, "\n".join(short)
+    holdout = score(corpus, "holdout")
+    print()
+    print(render(report))
+    print(render(holdout))  # reported apart, never tuned on, not asserted
