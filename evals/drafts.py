@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.persona import Persona
 from agent.results import ToolCallRecord
 from tools.base import Finding, Measurement
 
@@ -272,38 +273,23 @@ def matches_measurement(figure: str, measurements: Iterable[Measurement],
 # --------------------------------------------------------------------------- scoring
 
 
-def persona_targets(persona: str = "performance-engineer") -> list[tuple[float, str]]:
-    """The persona's target values, as a real turn hands them to the checks."""
-    from agent.persona import get_persona
+def predict(case: DraftCase, persona: Persona | None = None) -> dict[str, str]:
+    """The status each check gives the draft, through the same entry as ``perfagent check``
+    (:func:`agent.draft_check.check_draft`): what is measured here is what users run.
 
-    return [(t.value, t.unit) for t in get_persona(persona).targets]
-
-
-def check_input(case: DraftCase, targets: Sequence[tuple[float, str]] = ()) -> Any:
-    """The :class:`agent.checks.CheckInput` a real turn would build for this draft.
-
-    As in ``agent.graph.check_input``: the user's message and the tool outputs
-    are the quotable sources, the persona's targets are quotable as targets.
+    As a real turn does, the user's message is quotable, first among the sources.
     """
-    from agent.checks import CheckInput
+    from agent.draft_check import Evidence as CheckEvidence
+    from agent.draft_check import check_draft
 
     ev = case.evidence
-    return CheckInput(
-        draft=case.draft,
+    evidence = CheckEvidence(
         measurements=[m.model_dump() for m in ev.measurements],
         findings=[f.model_dump() for f in ev.findings],
         tool_calls=[c.model_dump() for c in ev.tool_calls],
-        sources=[case.question, *ev.sources],
-        target_values=list(targets),
-    )
-
-
-def predict(case: DraftCase, targets: Sequence[tuple[float, str]] = ()) -> dict[str, str]:
-    """The status each current check gives the draft."""
-    from agent.checks import CHECKS
-
-    data = check_input(case, targets)
-    return {name: CHECKS[name](data).status for name in CHECK_NAMES}
+        sources=[case.question, *ev.sources], question=case.question)
+    report = check_draft(case.draft, evidence, persona)
+    return {r.name: r.status for r in report.checks}
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -311,7 +297,7 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def score(cases: Sequence[DraftCase], split: Split | None = None, *,
-          targets: Sequence[tuple[float, str]] | None = None) -> dict[str, Any]:
+          persona: Persona | None = None) -> dict[str, Any]:
     """Run the current checks over ``cases`` (optionally one split) and measure them.
 
     Per check, ``fail`` is the positive class: ``tp`` drafts labeled and judged
@@ -322,8 +308,10 @@ def score(cases: Sequence[DraftCase], split: Split | None = None, *,
     not_applicable were confused (neither side fail).
     """
     chosen = [c for c in cases if split is None or c.split == split]
-    if targets is None:
-        targets = persona_targets()
+    if persona is None:
+        from agent.draft_check import resolve_persona
+
+        persona = resolve_persona(None)  # once, not per draft
     checks: dict[str, dict[str, Any]] = {
         name: {"tp": 0, "fp": 0, "fn": 0, "tn": 0,
                "labels": {"pass": 0, "fail": 0, "not_applicable": 0},
@@ -334,7 +322,7 @@ def score(cases: Sequence[DraftCase], split: Split | None = None, *,
     }
     started = time.perf_counter()
     for case in chosen:
-        predicted = predict(case, targets)
+        predicted = predict(case, persona)
         for name, label in case.labels.items():
             row, got = checks[name], predicted[name]
             row["labels"][label] += 1
