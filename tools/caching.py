@@ -207,6 +207,25 @@ def check_redis_url(url: str) -> RedisTarget:
                        address=checked.address)
 
 
+def pin_address(client: Any, target: RedisTarget) -> None:
+    """Make a redis-py client connect to the address ``target`` was checked at.
+
+    A plain connection goes to the checked address and never resolves the name
+    again (DNS rebinding). A TLS connection that verifies the server's name
+    keeps the name, so the certificate can be matched to it: a rebound name
+    then reaches only a server holding that name's certificate.
+    """
+    import redis
+
+    kwargs = client.connection_pool.connection_kwargs
+    verifies_name = (issubclass(client.connection_pool.connection_class, redis.SSLConnection)
+                     and str(kwargs.get("ssl_cert_reqs", "required")).lower()
+                     not in ("none", "0", "verifymode.cert_none")
+                     and kwargs.get("ssl_check_hostname", True))
+    if not verifies_name:
+        kwargs["host"] = target.address
+
+
 def _redis_errors(target: RedisTarget, timeout: float) -> Callable[[BaseException], ToolError | None]:
     """A translator of redis-py exceptions into ToolErrors (None: not a redis error)."""
     import redis.exceptions as rex
@@ -364,7 +383,7 @@ async def run_stats(inp: CacheStatsInput, progress: ProgressCallback | None = No
     client = redis.Redis.from_url(target.url, socket_connect_timeout=inp.timeout,
                                   socket_timeout=inp.timeout, decode_responses=False,
                                   retry=Retry(NoBackoff(), 0))
-    client.connection_pool.connection_kwargs["host"] = target.address
+    pin_address(client, target)
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         try:

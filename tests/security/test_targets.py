@@ -226,3 +226,21 @@ def test_a_public_server_runs_every_tool_call_under_its_rules(tmp_path: Path) ->
     assert tools and all(t.rules == PUBLIC for t in tools)
     assert {t.name for t in tools}.isdisjoint({"profile_python", "detect_n_plus_one"})
     assert all(t.rules == ServingRules() for t in measurement_tools(local.agent_settings(base)))
+
+
+@pytest.mark.parametrize(("url", "pinned"), [
+    ("redis://cache.test:6379/0", True),
+    ("rediss://cache.test:6380/0?ssl_cert_reqs=none", True),
+    # TLS that verifies the name keeps it: the certificate is what binds the address.
+    ("rediss://cache.test:6380/0", False),
+])
+def test_redis_pins_the_address_unless_tls_verifies_the_name(url: str, pinned: bool) -> None:
+    import redis
+
+    from tools.caching import RedisTarget, pin_address
+
+    client = redis.Redis.from_url(url)
+    pin_address(client, RedisTarget(url=url, display=url, host="cache.test", db=0,
+                                    address="127.0.0.1"))
+    host = client.connection_pool.connection_kwargs["host"]
+    assert host == ("127.0.0.1" if pinned else "cache.test")
