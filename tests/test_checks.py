@@ -363,3 +363,16 @@ def test_five_checks_take_under_20_ms_on_a_2000_word_draft() -> None:
     median = sorted(timings)[len(timings) // 2]
     print(f"\nfive checks, {len(draft.split())}-word draft: median {median:.1f} ms")
     assert median < 20 * 3, median  # goal 20 ms; generous on a loaded CI box
+
+
+def test_a_question_about_a_definite_system_is_not_conceptual() -> None:
+    """'Is the checkout API fast enough?' asks about their system, whatever its opening:
+    an unmeasured verdict fails baseline instead of passing as not applicable."""
+    from agent.checks import CHECKS, CheckInput
+
+    data = CheckInput(draft="It is fast enough, trust me.",
+                      question="Is the checkout API fast enough?")
+    assert CHECKS["baseline_established"](data).status == "fail"
+    general = CheckInput(draft="p95 is the latency 95 % of requests stay under.",
+                         question="What is p95 latency?")
+    assert CHECKS["baseline_established"](general).status == "not_applicable"

@@ -41,6 +41,11 @@ _GENERAL_OPENING = re.compile(
     r"^\s*(?:why (?:is|are|does|do) (?!it\b|this\b|that\b)|does |is it true|are there|"
     r"give me an overview|describe|define)", re.I)
 _OWN = re.compile(r"\b(?:our|my|we|we're|us|mine|ours)\b", re.I)
+#: a definite system of theirs: "the checkout API", "this endpoint", "that query"
+_THEIR_SYSTEM = re.compile(
+    r"\b(?:the|this|that|these|those)\s+(?:[\w-]+\s+){0,2}(?:api|apis|endpoint|endpoints|"
+    r"service|server|page|site|app|application|database|db|query|queries|job|worker|"
+    r"cache|cluster|script|function|view|handler)\b", re.I)
 
 _CONCEPT_OPENING = re.compile(
     r"^\s*(?:can you |could you |please )?(?:explain|what(?:'s| is| are| does)?|which|when|"
@@ -62,6 +67,8 @@ def is_conceptual(data: CheckInput) -> bool:
     if re.search(r"https?://|\b(?:GET|POST|PUT|DELETE) /|(?<![\w/])/\w|\w\.(?:py|db|sql|js|ts)\b",
                  question):
         return False  # an endpoint, a URL or a file of theirs
+    if _THEIR_SYSTEM.search(question):
+        return False  # a question about a definite system of theirs, however it opens
     if _CONCEPT_OPENING.match(question):
         return True
     # a general question ("why is p99 so much worse than p95?", "should I use LRU or LFU?")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from agent.checks.text import prose, sentences, words
+
+if TYPE_CHECKING:  # numpy loads when a draft is judged, not when agent is imported
+    import numpy as np
 
 # --------------------------------------------------------------------------- units
 
@@ -355,6 +356,8 @@ class Grounder:
     """Matches a figure against the pool and its simple derivations (vectorised)."""
 
     def __init__(self, pool: Pool) -> None:
+        import numpy as np
+
         self.pool = pool
         self.fam = np.array(pool.families, dtype=object)
         self.val = np.array(pool.values, dtype=float)
@@ -364,6 +367,8 @@ class Grounder:
         self.extra: list[tuple[str, float]] = []
 
     def direct(self, fig: Figure) -> str:
+        import numpy as np
+
         if not len(self.val):
             return ""
         close = (np.abs(self.val - fig.value) <= fig.tolerance) & self.direct_ok
@@ -383,6 +388,8 @@ class Grounder:
                others: list[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
         """Differences, sums, ratios, shares and percent changes of ``anchors`` (measured or
         quoted values) with each other and with ``others`` (targets, settings, counts)."""
+        import numpy as np
+
         items = list(dict.fromkeys(anchors))[:60] + list(dict.fromkeys(others))[:40]
         if not items:
             return np.array([], dtype=object), np.array([])
@@ -416,6 +423,8 @@ class Grounder:
 
     @staticmethod
     def matches(fig: Figure, derived: tuple[np.ndarray, np.ndarray]) -> bool:
+        import numpy as np
+
         fams, vals = derived
         if not len(vals):
             return False
@@ -517,6 +526,8 @@ def _fingerprint(data: Any) -> tuple[Any, ...]:
 
 def audit(data: Any) -> FigureAudit:
     """Every figure of the draft, classified (cached: the five checks of a turn share it)."""
+    import numpy as np
+
     key = _fingerprint(data)
     cached = _AUDITS.get(key)
     if cached is not None:
