@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.base import ProgressCallback, Target, ToolError, tail
-from tools.process import REAPER, ScratchDir, kill_group, read_tail, run_bounded
+from tools.process import ScratchDir, kill_group, read_tail, run_bounded, watched_group
 
 if TYPE_CHECKING:
     from tools.loadtest import LoadTestInput, _Tally
@@ -205,34 +205,36 @@ async def _run_processes(master_cmd: list[str], worker_cmd: list[str], workers: 
     master = asyncio.create_task(run_bounded(
         master_cmd, folder, budget, folder / "master.out", folder / "master.err", report,
         "locust"))
-    try:
-        for index in range(workers):
-            log = folder / f"worker{index}.err"
-            logs.append(log)
-            with log.open("wb") as err:
-                try:
-                    procs.append(await asyncio.create_subprocess_exec(
-                        *worker_cmd, cwd=str(folder), stdin=asyncio.subprocess.DEVNULL,
-                        stdout=asyncio.subprocess.DEVNULL, stderr=err, start_new_session=True))
-                    REAPER.tell("+group", procs[-1].pid)
-                except OSError as exc:
-                    raise ToolError("spawn_failed", f"could not start a Locust worker: {exc}",
-                                    "check that the Python interpreter is runnable") from None
-        code, timed_out = await master
-        # Workers leave on the master's quit message; give them a moment to do so.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 5)
-    finally:
-        if not master.done():
-            master.cancel()  # run_bounded kills the master's process group
-            with contextlib.suppress(BaseException):
-                await master
-        for proc in procs:
-            kill_group(proc.pid)
-        for proc in procs:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(proc.wait(), 5)
-            REAPER.tell("-group", proc.pid)
+    # The workers' groups are the reaper's too until they are killed and waited for
+    # below (the master's group is run_bounded's).
+    with contextlib.ExitStack() as watched:
+        try:
+            for index in range(workers):
+                log = folder / f"worker{index}.err"
+                logs.append(log)
+                with log.open("wb") as err:
+                    try:
+                        procs.append(await asyncio.create_subprocess_exec(
+                            *worker_cmd, cwd=str(folder), stdin=asyncio.subprocess.DEVNULL,
+                            stdout=asyncio.subprocess.DEVNULL, stderr=err, start_new_session=True))
+                        watched.enter_context(watched_group(procs[-1].pid))
+                    except OSError as exc:
+                        raise ToolError("spawn_failed", f"could not start a Locust worker: {exc}",
+                                        "check that the Python interpreter is runnable") from None
+            code, timed_out = await master
+            # Workers leave on the master's quit message; give them a moment to do so.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 5)
+        finally:
+            if not master.done():
+                master.cancel()  # run_bounded kills the master's process group
+                with contextlib.suppress(BaseException):
+                    await master
+            for proc in procs:
+                kill_group(proc.pid)
+            for proc in procs:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(proc.wait(), 5)
     return code, timed_out
 
 
